@@ -1,0 +1,87 @@
+"""Switch every dropout layer of a model at once: deterministic pass, MC sampling, or member k.
+
+Each context manager saves the mode/member state of every :class:`dropens.layers.Dropout` in the
+model and restores it on exit (also on exceptions). They do not touch ``model.training``: MC dropout
+at test time is ``model.eval()`` (BatchNorm uses running statistics) plus ``mc(model)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from dropens.errors import ConfigError
+from dropens.layers import Dropout
+
+
+def dropout_layers(model: nn.Module) -> list[Dropout]:
+    """Every :class:`dropens.layers.Dropout` in ``model``, in ``model.modules()`` order."""
+    return [m for m in model.modules() if isinstance(m, Dropout)]
+
+
+def _require_layers(model: nn.Module, what: str) -> list[Dropout]:
+    layers = [m for m in dropout_layers(model) if m.p > 0]
+    if not layers:
+        raise ConfigError(
+            f"{what} needs dropout, but {type(model).__name__} has no dropens Dropout layer with p > 0 "
+            "(it would silently run the deterministic pass); set dropout.p > 0"
+        )
+    return layers
+
+
+@contextmanager
+def _switched(layers: list[Dropout], mode: str, members=None, assignment=None) -> Iterator[None]:
+    saved = [(m.mode, m.members, m.assignment) for m in layers]
+    try:
+        for m in layers:
+            if members is not None:
+                m.set_members(members, assignment)
+            m.set_mode(mode)
+        yield
+    finally:
+        for m, (mode_, members_, assignment_) in zip(layers, saved):
+            m.mode, m.members, m.assignment = mode_, members_, assignment_
+
+
+@contextmanager
+def deterministic(model: nn.Module) -> Iterator[nn.Module]:
+    """Every dropout layer in ``off`` mode (weight scaling): the deterministic pass, even in train()."""
+    with _switched(dropout_layers(model), "off"):
+        yield model
+
+
+@contextmanager
+def mc(model: nn.Module) -> Iterator[nn.Module]:
+    """Every dropout layer samples fresh masks, even in ``model.eval()`` (MC dropout, Gal & Ghahramani 2016).
+
+    Raises:
+        ConfigError: the model has no dropens dropout layer with ``p > 0``.
+    """
+    with _switched(_require_layers(model, "MC dropout"), "sample"):
+        yield model
+
+
+@contextmanager
+def member(
+    model: nn.Module, k: int | Sequence[int], assignment: Tensor | None = None
+) -> Iterator[nn.Module]:
+    """Every dropout layer uses the fixed mask of subnetwork ``k``.
+
+    Args:
+        k: one member (same mask for the whole batch), or a sequence of ``M`` members whose inputs
+            are stacked on the batch axis as ``(m b)`` (batch ``M * B``).
+        assignment: optional ``[N]`` long tensor; example ``n`` goes through member ``k[assignment[n]]``.
+
+    Raises:
+        ConfigError: no dropout layer, or ``k`` outside ``[0, n_members)``.
+    """
+    with _switched(_require_layers(model, "member masks"), "member", k, assignment):
+        yield model
+
+
+def set_n_members(model: nn.Module, n_members: int | None) -> None:
+    """Declare a finite family of ``n_members`` subnetworks (member k must lie in [0, n_members))."""
+    for m in dropout_layers(model):
+        m.n_members = n_members

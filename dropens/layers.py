@@ -1,0 +1,172 @@
+"""The generalized dropout layer: a thin ``nn.Module`` over :mod:`dropens.masks`.
+
+Follows Srivastava et al. (2014) "Dropout: a simple way to prevent neural networks from
+overfitting" for ``bernoulli``/``element``; Tompson et al. (2015) for ``channel`` (spatial dropout);
+Ghiasi et al. (2018) "DropBlock" for ``block``; Srivastava et al. (2014, sec. 10) for ``gaussian``.
+
+Mask modes (``Dropout.mode``; ``None`` = follow ``self.training``):
+
+- ``sample``: a fresh mask every forward, from the global RNG (default in ``model.train()``);
+- ``member``: the fixed mask of subnetwork ``k`` — a pure function of (layer seed, k, per-example
+  shape), the same for every example, call, process and checkpoint reload (the layer seed is a
+  buffer, so it is saved in ``state_dict``). Several members run batched on the batch axis
+  ``(m b)``, or one member per example (``assignment``);
+- ``off``: the deterministic pass (default in ``model.eval()``): identity for ``scale="inverted"``,
+  multiply by ``keep`` for ``scale="none"`` (weight scaling).
+
+Use :mod:`dropens.control` to switch every layer of a model at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dropens import masks
+from dropens.errors import ConfigError, bad_choice
+
+MODES = ("sample", "member", "off")
+
+
+class Dropout(nn.Module):
+    """Generalized dropout ``y = A * x / keep`` (see :mod:`dropens.masks`).
+
+    Args:
+        p: **drop** probability in [0, 1) (as in ``torch.nn.Dropout``); ``keep = 1 - p``.
+        dist: mask distribution: ``bernoulli`` | ``gaussian`` | ``uniform`` (or a registered one).
+        structure: which units share a draw: ``element`` | ``channel`` | ``location`` | ``block``.
+        scale: ``inverted`` (divide by keep in training) | ``none`` (weight scaling at eval).
+        block_size: DropBlock width (``structure="block"``).
+        share_channels: ``block`` only: one block mask for all channels of an example.
+        seed: layer seed for member masks (default: drawn from the global RNG at construction, so
+            it follows the run's seed); stored as a buffer and saved in checkpoints.
+        site: a readable name of where the layer sits (used in error messages).
+
+    Shapes: input ``(N, F)`` (``element`` only) or ``(N, C, *spatial)``; output the same.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        dist: str = "bernoulli",
+        structure: str = "element",
+        scale: str = "inverted",
+        block_size: int | None = None,
+        share_channels: bool = False,
+        seed: int | None = None,
+        site: str = "dropout",
+    ) -> None:
+        super().__init__()
+        masks.validate_spec(p, dist, structure, scale, block_size)
+        self.p = float(p)
+        self.dist = dist
+        self.structure = structure
+        self.scale = scale
+        self.block_size = block_size
+        self.share_channels = share_channels
+        self.site = site
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64))
+        self.mode: str | None = None
+        self.members: tuple[int, ...] = (0,)
+        self.assignment: Tensor | None = None
+        self.n_members: int | None = None  # set by methods with a finite family (subnets)
+        self._bank_cache: dict[tuple, Tensor] = {}
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def keep(self) -> float:
+        return 1.0 - self.p
+
+    def effective_mode(self) -> str:
+        """``self.mode`` if set, else ``sample`` in training and ``off`` in eval."""
+        if self.mode is not None:
+            return self.mode
+        return "sample" if self.training else "off"
+
+    def set_mode(self, mode: str | None) -> None:
+        if mode is not None and mode not in MODES:
+            raise bad_choice("dropout mode", mode, MODES)
+        self.mode = mode
+
+    def set_members(self, members: Sequence[int] | int, assignment: Tensor | None = None) -> None:
+        """Select member masks: ``members`` stacked ``(m b)`` on the batch axis, or, with
+        ``assignment`` (``[N]`` long, values indexing ``members``), one member per example."""
+        members = (members,) if isinstance(members, int) else tuple(int(k) for k in members)
+        if not members:
+            raise ConfigError("member list is empty; give at least one member index")
+        for k in members:
+            if k < 0 or (self.n_members is not None and k >= self.n_members):
+                upper = self.n_members if self.n_members is not None else "inf"
+                raise ConfigError(
+                    f"member k={k} is outside [0, {upper}) (method.k={self.n_members})"
+                )
+        self.members = members
+        self.assignment = assignment
+
+    def extra_repr(self) -> str:
+        s = f"p={self.p}, dist={self.dist}, structure={self.structure}, scale={self.scale}"
+        if self.structure == "block":
+            s += f", block_size={self.block_size}, share_channels={self.share_channels}"
+        if self.mode is not None:
+            s += f", mode={self.mode}"
+        return s
+
+    # ------------------------------------------------------------------ member masks
+
+    def member_bank(
+        self, unit_shape: Sequence[int], device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
+        """Unit-mean noise of ``self.members``: ``[M, *noise unit shape]`` (cached per shape/device)."""
+        key = (int(self.seed), self.members, tuple(unit_shape), device, dtype)
+        bank = self._bank_cache.get(key)
+        if bank is None:
+            spec = (self.p, self.dist, self.structure, self.block_size, self.share_channels)
+            bank = torch.cat(
+                [masks.member_noise(int(self.seed), k, unit_shape, *spec) for k in self.members]
+            ).to(device=device, dtype=dtype)
+            if len(self._bank_cache) > 64:
+                self._bank_cache.clear()
+            self._bank_cache[key] = bank
+        return bank
+
+    def _member_forward(self, x: Tensor) -> Tensor:
+        bank = self.member_bank(x.shape[1:], x.device, x.dtype)  # [M, *unit]
+        if self.assignment is not None:
+            noise = bank[self.assignment.to(x.device)]
+            return masks.apply_noise(x, noise, self.p, self.scale)
+        m = bank.shape[0]
+        if x.shape[0] % m:
+            raise ConfigError(
+                f"batch of {x.shape[0]} is not a multiple of the {m} stacked members (layout (m b))"
+            )
+        stacked = x.reshape(m, x.shape[0] // m, *x.shape[1:])
+        return masks.apply_noise(stacked, bank.unsqueeze(1), self.p, self.scale).reshape(x.shape)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0:
+            return x
+        masks.check_input(x.shape, self.structure, self.block_size, self.site)
+        mode = self.effective_mode()
+        if mode == "off":
+            return masks.deterministic(x, self.p, self.scale)
+        if mode == "member":
+            return self._member_forward(x)
+        noise = masks.sample_noise(
+            x.shape,
+            self.p,
+            self.dist,
+            self.structure,
+            self.block_size,
+            self.share_channels,
+            None,
+            x.device,
+            x.dtype,
+        )
+        return masks.apply_noise(x, noise, self.p, self.scale)

@@ -1,0 +1,139 @@
+"""What every training method shares: the backbone, the optimizer and schedule, and validation logging.
+
+A method is a small LightningModule subclass that says only how a batch becomes a loss
+(:meth:`Method.training_loss`) and how its backbone is built; data loops, evaluation and the run
+record live elsewhere (STYLE.md anti-pattern: one routine class with 17 switches).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dropens import control
+from dropens.errors import ConfigError, check_choice
+from dropens.metrics.wrappers import PredictionMetrics
+from dropens.models import build_model
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "none")
+
+
+class Method(L.LightningModule):
+    """Base LightningModule: ``backbone`` maps ``(N, *input_shape)`` to logits ``[N, C]``.
+
+    Args:
+        backbone: the model (built by :meth:`build_backbone` from the same config for every method).
+        config: the resolved run config; the method reads ``optim`` (name, lr, schedule, ...),
+            ``method``, ``trainer.max_steps`` (schedule length) and ``eval`` (validation metrics).
+
+    Validation logs, at every validation epoch, the calibration (and, for several members,
+    diversity) metrics of :func:`dropens.metrics.summary.prediction_metrics` for every strategy of
+    :meth:`validation_strategies`, under keys ``val/clean/<strategy>/<metric>`` (STYLE.md 3).
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, backbone: nn.Module, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.optim_cfg = dict(config["optim"])
+        self.method_cfg = dict(config["method"])
+        self.eval_cfg = dict(config["eval"])
+        self.max_steps = int(config["trainer"].get("max_steps", -1))
+        n_bins = int(self.eval_cfg.get("n_bins", 15))
+        self.val_metrics = nn.ModuleDict(
+            {name: PredictionMetrics(n_bins=n_bins) for name in self.validation_strategies()}
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build_backbone(
+        cls, cfg: Mapping[str, Any], input_shape: tuple[int, ...], n_classes: int
+    ) -> nn.Module:
+        """The backbone of this method for the run config ``cfg`` (same layers for every method)."""
+        return build_model(cfg["model"], cfg["dropout"], input_shape, n_classes)
+
+    @classmethod
+    def validate(cls, cfg: Mapping[str, Any]) -> None:
+        """Reject a bad ``method`` node with a one-line ConfigError (before any training)."""
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy of one forward pass (dropout layers sample in train mode)."""
+        return F.cross_entropy(self.backbone(x), y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self.training_loss(x, y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_strategies(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """``{label: fn(x [B, ...]) -> member_probs [M, B, C]}`` evaluated at every validation."""
+        return {"deterministic": self._deterministic_probs}
+
+    def _deterministic_probs(self, x: Tensor) -> Tensor:
+        with control.deterministic(self.backbone):
+            return F.softmax(self.backbone(x).float(), dim=-1).unsqueeze(0)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        for label, fn in self.validation_strategies().items():
+            self.val_metrics[label].update(fn(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        for label, metric in self.val_metrics.items():
+            values = metric.compute()
+            metric.reset()
+            self.log_dict({f"val/clean/{label}/{k}": v for k, v in values.items()})
+            if label == "deterministic":
+                self.log("val_acc", values["acc"], prog_bar=True, logger=False)
+
+    # ------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        check_choice("optim.name", cfg["name"], OPTIMIZERS)
+        check_choice("optim.schedule", cfg["schedule"], SCHEDULES)
+        params = self.parameters()
+        if cfg["name"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        else:
+            opt = torch.optim.SGD(
+                params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+            )
+        warmup, total = int(cfg.get("warmup_steps", 0)), max(self.max_steps, 1)
+        schedule = cfg["schedule"]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if schedule == "cosine":
+                t = min((step - warmup) / max(total - warmup, 1), 1.0)
+                return 0.5 * (1.0 + math.cos(math.pi * t))
+            if schedule == "step":
+                return cfg["gamma"] ** ((step - warmup) // cfg["step_size"])
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def require(cond: bool, message: str) -> None:
+    """Raise a one-line ConfigError with ``message`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(message)

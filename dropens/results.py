@@ -1,0 +1,182 @@
+"""The run record on disk, and loading a study's records into a DataFrame.
+
+One run writes one directory, complete or visibly incomplete::
+
+    <results root>/<study>/<run id>/
+      config.yaml        the resolved config (enough to rerun it)
+      metrics.json       flat scalars, keys ``stage/set/strategy/metric`` (e.g. ``test/clean/mc32/ece``)
+      predictions.npz    per eval set and strategy: members ``[M, N, C]`` float16 (+ ``labels/<set>``)
+      magnitudes.json    per-layer activation statistics, train mode vs eval mode (when recorded)
+      run.json           wall time, versions, git commit (not in metrics.json, which must be reproducible)
+      checkpoints/       Lightning checkpoints (resume)
+      DONE               written last, atomically
+
+Every file is written to a temporary name and moved into place (``os.replace``), so a crash never
+leaves a truncated file; ``DONE`` is removed before a run (re)starts, so a directory without
+``DONE`` is never taken for complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from torch import Tensor
+
+DONE = "DONE"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short stable hash of a resolved config (ignoring where results go and the run's own id)."""
+    body = {
+        k: v
+        for k, v in config.items()
+        if k not in {"results_root", "run_id", "overwrite", "logger"}
+    }
+    return hashlib.blake2b(
+        json.dumps(body, sort_keys=True, default=str).encode(), digest_size=4
+    ).hexdigest()
+
+
+def default_run_id(config: Mapping[str, Any]) -> str:
+    """Readable, unique run id: ``<method>-<model>-<data>-p<p>[-<dist>-<structure>]-s<seed>-<hash>``."""
+    method, dropout = config["method"], config["dropout"]
+    parts = [method["name"]]
+    if "k" in method:
+        parts.append(f"k{method['k']}")
+    parts += [config["model"]["name"], config["data"]["name"]]
+    if method["name"] != "plain":
+        parts.append(f"p{dropout['p']}")
+        if dropout["dist"] != "bernoulli":
+            parts.append(dropout["dist"])
+        if dropout["structure"] != "element":
+            parts.append(dropout["structure"])
+    parts += [f"s{config['seed']}", config_hash(config)]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(str(p) for p in parts))
+
+
+class RunRecord:
+    """One run's directory ``<root>/<study>/<run id>``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, config: Mapping[str, Any]) -> RunRecord:
+        run_id = config.get("run_id") or default_run_id(config)
+        return cls(Path(config["results_root"]) / config["study"] / run_id)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def done(self) -> bool:
+        return (self.path / DONE).exists()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def last_checkpoint(self) -> Path | None:
+        last = self.checkpoint_dir / "last.ckpt"
+        return last if last.exists() else None
+
+    # ------------------------------------------------------------------ writing
+
+    def begin(self, config: Mapping[str, Any]) -> None:
+        """Create the directory, mark it incomplete (remove ``DONE``) and write ``config.yaml``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / DONE).unlink(missing_ok=True)
+        self.write_yaml("config.yaml", dict(config))
+
+    def write_yaml(self, name: str, obj: Any) -> None:
+        _atomic_write(self.path / name, yaml.safe_dump(obj, sort_keys=False).encode())
+
+    def write_json(self, name: str, obj: Any) -> None:
+        _atomic_write(self.path / name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def write_predictions(self, arrays: Mapping[str, Tensor | np.ndarray]) -> None:
+        """Store ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}`` compactly.
+
+        Probabilities are stored as float16 (about 3 significant digits; metrics are computed from
+        float32 before storing), labels as int16.
+        """
+        out = {}
+        for key, value in arrays.items():
+            arr = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+            out[key] = arr.astype(np.int16 if key.startswith("labels/") else np.float16)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **out)
+        _atomic_write(self.path / "predictions.npz", buf.getvalue())
+
+    def finish(self, info: Mapping[str, Any] | None = None) -> None:
+        """Write ``DONE`` last, atomically (its body: a small JSON of run info)."""
+        _atomic_write(self.path / DONE, json.dumps(dict(info or {}), sort_keys=True).encode())
+
+    # ------------------------------------------------------------------ reading
+
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    def metrics(self) -> dict[str, float]:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "predictions.npz") as z:
+            return {k: z[k] for k in z.files}
+
+
+def _flatten(prefix: str, node: Any, out: dict[str, Any]) -> None:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(node, list):
+        out[prefix] = json.dumps(node)
+    else:
+        out[prefix] = node
+
+
+def study_runs(results_root: str | os.PathLike, study: str) -> list[RunRecord]:
+    """Every run directory of a study (complete or not), sorted by name."""
+    root = Path(results_root) / study
+    if not root.is_dir():
+        return []
+    return [RunRecord(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
+
+
+def load_study(
+    results_root: str | os.PathLike, study: str, include_incomplete: bool = False
+) -> pd.DataFrame:
+    """One row per run: flattened config (``cfg.<path>``), metrics (their own keys), ``run_id``, ``done``.
+
+    Incomplete runs (no ``DONE``) are left out unless ``include_incomplete``; their metrics are NaN.
+    """
+    rows = []
+    for run in study_runs(results_root, study):
+        if not run.done and not include_incomplete:
+            continue
+        row: dict[str, Any] = {"run_id": run.path.name, "done": run.done, "path": str(run.path)}
+        cfg: dict[str, Any] = {}
+        _flatten("cfg", run.config(), cfg)
+        row.update(cfg)
+        if run.done:
+            row.update(run.metrics())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,180 @@
+"""One run: config -> data module + backbone + method -> Lightning fit -> evaluation -> run record.
+
+Everything that can be wrong with the input is checked in :func:`prepare` — data present, names
+valid, the dropout structure applicable at every site (a dry forward pass of two examples) —
+before a run directory is touched or a step is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from dropens import tracking
+from dropens.data import build_datamodule
+from dropens.errors import ConfigError
+from dropens.evaluation import evaluate, mc_sizes
+from dropens.masks import validate_spec
+from dropens.methods import Method, method_class
+from dropens.results import RunRecord
+
+
+class _DropLitTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Hide Lightning's advertising and notices that do not apply to these runs."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLitTips())
+    # dropens launches SLURM jobs itself (submitit), one process per run: no srun wrapper needed.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, validated."""
+
+    config: dict[str, Any]
+    record: RunRecord
+    datamodule: Any
+    method: Method
+
+
+def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
+    """Forward two examples in train and eval mode so shape errors surface before training.
+
+    Uses a forked RNG so that training draws exactly what it would without this check.
+    """
+    with torch.random.fork_rng(), torch.no_grad():
+        was_training = backbone.training
+        try:
+            backbone.train()
+            backbone(x)
+            backbone.eval()
+            backbone(x)
+        finally:
+            backbone.train(was_training)
+
+
+def prepare(config: Mapping[str, Any]) -> Prepared:
+    """Validate ``config`` (a resolved dict) and build data, backbone and method; trains nothing.
+
+    Raises:
+        ConfigError: one line naming the bad field, its value and the valid choices.
+    """
+    config = dict(config)
+    d = config["dropout"]
+    validate_spec(d["p"], d["dist"], d["structure"], d["scale"], d["block_size"])
+    cls = method_class(config["method"]["name"])
+    cls.validate(config)
+    eval_cfg = config["eval"]
+    mc_sizes(eval_cfg)
+    if config["trainer"].get("max_steps", -1) in (None, 0):
+        raise ConfigError(
+            "trainer.max_steps=0 trains nothing; choose a positive number (or -1 with max_epochs)"
+        )
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    datamodule = build_datamodule(config["data"], seed=int(config["seed"]))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    missing = [s for s in eval_cfg["sets"] if s not in datamodule.eval_sets()]
+    if missing:
+        raise ConfigError(
+            f"eval.sets={missing} not provided by data.name={config['data']['name']!r}; "
+            f"choose from: {', '.join(datamodule.eval_sets())}"
+        )
+    backbone = cls.build_backbone(config, datamodule.input_shape, datamodule.n_classes)
+    _dry_run(backbone, datamodule.x_train[:2])
+    method = cls(backbone, config)
+    return Prepared(config, RunRecord.for_config(config), datamodule, method)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fit_and_record(prep: Prepared) -> RunRecord:
+    """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record."""
+    config, record, method = prep.config, prep.record, prep.method
+    start = time.time()
+    _quiet_lightning()
+    record.begin(config)
+    if config.get("overwrite", False):  # retrain from scratch, not from the old final checkpoint
+        shutil.rmtree(record.checkpoint_dir, ignore_errors=True)
+    logger = tracking.build_logger(config, record.path)
+    checkpoint = ModelCheckpoint(dirpath=str(record.checkpoint_dir), save_last=True, save_top_k=0)
+    trainer = L.Trainer(
+        **config["trainer"],
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoint],
+        default_root_dir=str(record.path),
+    )
+    trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
+    with_mc = method.name != "plain"
+    metrics, arrays = evaluate(
+        method.backbone, prep.datamodule.eval_sets(), config["eval"], with_mc
+    )
+    record.write_json("metrics.json", metrics)
+    if config["eval"].get("save_predictions", True):
+        record.write_predictions(arrays)
+    tracking.log_summary(logger, metrics)
+    tracking.finish(logger)
+    info = {
+        "wall_s": round(time.time() - start, 2),
+        "steps": int(trainer.global_step),
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "host": platform.node(),
+        "device": str(next(method.parameters()).device),
+    }
+    record.write_json("run.json", info)
+    record.finish(info)
+    return record
+
+
+def train(config: Mapping[str, Any]) -> RunRecord:
+    """Run one config end to end; a complete record is kept unless ``overwrite`` is set."""
+    record = RunRecord.for_config(config)
+    if record.done and not config.get("overwrite", False):
+        print(f"complete, skipped: {record.path} (overwrite=true retrains)")
+        return record
+    return fit_and_record(prepare(config))
+
+
+def summarize(record: RunRecord, keys: tuple[str, ...] = ("acc", "nll", "ece")) -> str:
+    """A short text table of a record's headline metrics."""
+    metrics = record.metrics()
+    rows = sorted({k.rsplit("/", 1)[0] for k in metrics})
+    lines = [f"{'':32s}" + "".join(f"{k:>9s}" for k in keys)]
+    for row in rows:
+        lines.append(
+            f"{row:32s}" + "".join(f"{metrics.get(f'{row}/{k}', float('nan')):9.4f}" for k in keys)
+        )
+    return "\n".join(lines) + f"\nrecord: {record.path}\n" + json.dumps({"done": record.done})
