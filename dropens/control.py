@@ -7,7 +7,7 @@ at test time is ``model.eval()`` (BatchNorm uses running statistics) plus ``mc(m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from torch import Tensor, nn
@@ -85,3 +85,36 @@ def set_n_members(model: nn.Module, n_members: int | None) -> None:
     """Declare a finite family of ``n_members`` subnetworks (member k must lie in [0, n_members))."""
     for m in dropout_layers(model):
         m.n_members = n_members
+
+
+@contextmanager
+def explicit_masks(model: nn.Module, banks: Mapping[Dropout, Tensor]) -> Iterator[nn.Module]:
+    """Give dropout layers explicit mask banks; in ``member`` mode, member ``k`` is row ``k``.
+
+    Combine with :func:`member` to run the masks: ``with explicit_masks(model, banks),
+    member(model, range(M)): model(x.repeat(M, 1))`` runs the ``M`` masks stacked ``(m b)``.
+    Layers not in ``banks`` keep what they had (their seeded member masks, unless a bank was set
+    before). Previous banks are restored on exit (also on exceptions).
+
+    Args:
+        banks: ``{layer: [M_layer, *noise unit shape]}`` unit-mean noise per layer of ``model``
+            (see :meth:`dropens.layers.Dropout.set_bank`).
+
+    Raises:
+        ConfigError: a key that is not a dropout layer of ``model``, or a malformed bank.
+    """
+    layers = dropout_layers(model)
+    for layer in banks:
+        if not any(layer is m for m in layers):
+            raise ConfigError(
+                f"explicit mask bank given for {type(layer).__name__} {getattr(layer, 'site', '')!r}, "
+                f"which is not a dropout layer of {type(model).__name__}"
+            )
+    saved = [(m, m.bank) for m in banks]
+    try:
+        for m, bank in banks.items():
+            m.set_bank(bank)
+        yield model
+    finally:
+        for m, bank in saved:
+            m.set_bank(bank)

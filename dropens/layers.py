@@ -10,7 +10,9 @@ Mask modes (``Dropout.mode``; ``None`` = follow ``self.training``):
 - ``member``: the fixed mask of subnetwork ``k`` — a pure function of (layer seed, k, per-example
   shape), the same for every example, call, process and checkpoint reload (the layer seed is a
   buffer, so it is saved in ``state_dict``). Several members run batched on the batch axis
-  ``(m b)``, or one member per example (``assignment``);
+  ``(m b)``, or one member per example (``assignment``). With an *explicit mask bank* set
+  (:meth:`Dropout.set_bank`, e.g. every mask of the layer for exhaustive inference), member ``k`` is
+  row ``k`` of that bank instead of a seeded draw;
 - ``off``: the deterministic pass (default in ``model.eval()``): identity for ``scale="inverted"``,
   multiply by ``keep`` for ``scale="none"`` (weight scaling).
 
@@ -75,6 +77,7 @@ class Dropout(nn.Module):
         self.assignment: Tensor | None = None
         self.n_members: int | None = None  # set by methods with a finite family (subnets)
         self._bank_cache: dict[tuple, Tensor] = {}
+        self.bank: Tensor | None = None  # explicit mask bank (set_bank); not saved in state_dict
 
     # ------------------------------------------------------------------ configuration
 
@@ -99,14 +102,57 @@ class Dropout(nn.Module):
         members = (members,) if isinstance(members, int) else tuple(int(k) for k in members)
         if not members:
             raise ConfigError("member list is empty; give at least one member index")
-        for k in members:
-            if k < 0 or (self.n_members is not None and k >= self.n_members):
-                upper = self.n_members if self.n_members is not None else "inf"
+        lo, hi = min(members), max(members)
+        if self.bank is not None:
+            if lo < 0 or hi >= len(self.bank):
+                bad = lo if lo < 0 else hi
                 raise ConfigError(
-                    f"member k={k} is outside [0, {upper}) (method.k={self.n_members})"
+                    f"member k={bad} is outside [0, {len(self.bank)}) of the explicit mask bank "
+                    f"of layer {self.site!r}"
                 )
+        elif lo < 0 or (self.n_members is not None and hi >= self.n_members):
+            bad = lo if lo < 0 else hi
+            upper = self.n_members if self.n_members is not None else "inf"
+            raise ConfigError(f"member k={bad} is outside [0, {upper}) (method.k={self.n_members})")
         self.members = members
         self.assignment = assignment
+
+    def noise_unit_shape(self, unit_shape: Sequence[int]) -> tuple[int, ...]:
+        """Per-example shape of one mask for a per-example input ``unit_shape`` (no batch axis).
+
+        ``element``: ``unit_shape``; ``channel``: ``(C, 1, ...)``; ``location``: ``(1, *spatial)``;
+        ``block``: ``(C, *spatial)``, or ``(1, *spatial)`` with ``share_channels``.
+        """
+        unit_shape = tuple(int(s) for s in unit_shape)
+        if self.structure == "block":
+            return (1 if self.share_channels else unit_shape[0], *unit_shape[1:])
+        return masks.noise_shape((1, *unit_shape), self.structure)[1:]
+
+    def set_bank(self, bank: Tensor | None) -> None:
+        """Use an explicit mask bank in ``member`` mode (``None``: back to the seeded member masks).
+
+        Args:
+            bank: ``[M, *noise unit shape]`` unit-mean noise (for inverted Bernoulli: 0 or 1/keep),
+                as :func:`dropens.masks.sample_noise` would draw it for one example; ``scale`` is
+                applied by the layer as for any mask. Member ``k`` is then ``bank[k]``, ``k`` in
+                ``[0, M)``. The noise unit shape is checked against the input at forward.
+                Not a buffer: a bank is an inference-time choice, not part of the model.
+
+        Prefer :func:`dropens.control.explicit_masks`, which restores the previous bank on exit.
+        """
+        if bank is not None and (
+            not isinstance(bank, Tensor)
+            or not bank.is_floating_point()
+            or bank.dim() < 2
+            or len(bank) < 1
+        ):
+            got = tuple(bank.shape) if isinstance(bank, Tensor) else type(bank).__name__
+            raise ConfigError(
+                f"explicit mask bank of layer {self.site!r} has shape {got}; expected a float "
+                "tensor [M, *noise unit shape] with M >= 1"
+            )
+        self.bank = bank
+        self._bank_cache.clear()
 
     def extra_repr(self) -> str:
         s = f"p={self.p}, dist={self.dist}, structure={self.structure}, scale={self.scale}"
@@ -121,18 +167,55 @@ class Dropout(nn.Module):
     def member_bank(
         self, unit_shape: Sequence[int], device: torch.device, dtype: torch.dtype
     ) -> Tensor:
-        """Unit-mean noise of ``self.members``: ``[M, *noise unit shape]`` (cached per shape/device)."""
-        key = (int(self.seed), self.members, tuple(unit_shape), device, dtype)
+        """Unit-mean noise of ``self.members``: ``[M, *noise unit shape]`` (cached per shape/device).
+
+        Rows of the explicit bank (:meth:`set_bank`) if one is set, else the seeded member masks.
+        """
+        explicit = self.bank is not None
+        key = (
+            "explicit" if explicit else int(self.seed),
+            self.members,
+            tuple(unit_shape),
+            device,
+            dtype,
+        )
         bank = self._bank_cache.get(key)
         if bank is None:
-            spec = (self.p, self.dist, self.structure, self.block_size, self.share_channels)
-            bank = torch.cat(
-                [masks.member_noise(int(self.seed), k, unit_shape, *spec) for k in self.members]
-            ).to(device=device, dtype=dtype)
+            if explicit:
+                bank = self._explicit_rows(unit_shape, device, dtype)
+            else:
+                spec = (self.p, self.dist, self.structure, self.block_size, self.share_channels)
+                bank = torch.cat(
+                    [masks.member_noise(int(self.seed), k, unit_shape, *spec) for k in self.members]
+                ).to(device=device, dtype=dtype)
             if len(self._bank_cache) > 64:
                 self._bank_cache.clear()
             self._bank_cache[key] = bank
         return bank
+
+    def _explicit_rows(
+        self, unit_shape: Sequence[int], device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
+        assert self.bank is not None
+        expected = self.noise_unit_shape(unit_shape)
+        if tuple(self.bank.shape[1:]) != expected:
+            raise ConfigError(
+                f"explicit mask bank of layer {self.site!r} has masks of shape "
+                f"{tuple(self.bank.shape[1:])}, but input {tuple(unit_shape)} with "
+                f"structure={self.structure!r} needs {expected}"
+            )
+        hi = max(self.members)
+        if hi >= len(self.bank):  # the bank was replaced after set_members
+            raise ConfigError(
+                f"member k={hi} is outside [0, {len(self.bank)}) of the explicit mask bank "
+                f"of layer {self.site!r}"
+            )
+        m = len(self.members)
+        if self.members == tuple(range(m)):  # the common case: a slice, no gather
+            rows = self.bank[:m]
+        else:
+            rows = self.bank.index_select(0, torch.tensor(self.members, device=self.bank.device))
+        return rows.to(device=device, dtype=dtype)
 
     def _member_forward(self, x: Tensor) -> Tensor:
         bank = self.member_bank(x.shape[1:], x.device, x.dtype)  # [M, *unit]

@@ -56,6 +56,12 @@ def config_hash(config: Mapping[str, Any]) -> str:
     ).hexdigest()
 
 
+def uses_dropout(config: Mapping[str, Any]) -> bool:
+    """Whether the run's backbone trains with dropout (not ``plain``, not a dropout-free ensemble)."""
+    method = config["method"]
+    return method["name"] != "plain" and bool(method.get("member_dropout", True))
+
+
 def default_run_id(config: Mapping[str, Any]) -> str:
     """Readable, unique run id: ``<method>-<model>-<data>-p<p>[-<dist>-<structure>]-s<seed>-<hash>``."""
     method, dropout = config["method"], config["dropout"]
@@ -63,7 +69,7 @@ def default_run_id(config: Mapping[str, Any]) -> str:
     if "k" in method:
         parts.append(f"k{method['k']}")
     parts += [config["model"]["name"], config["data"]["name"]]
-    if method["name"] != "plain":
+    if uses_dropout(config):
         parts.append(f"p{dropout['p']}")
         if dropout["dist"] != "bernoulli":
             parts.append(dropout["dist"])

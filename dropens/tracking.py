@@ -18,6 +18,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from dropens.errors import check_choice
+from dropens.results import uses_dropout
 
 LOGGERS = ("wandb", "csv", "none")
 
@@ -28,7 +29,7 @@ def run_name(config: Mapping[str, Any]) -> str:
     parts = [method["name"]]
     if "k" in method:
         parts.append(f"k={method['k']}")
-    if method["name"] != "plain":
+    if uses_dropout(config):
         parts.append(f"p={config['dropout']['p']}")
     parts.append(f"seed={config['seed']}")
     return " ".join(parts)

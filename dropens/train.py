@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from dropens import tracking
+from dropens import control, tracking
 from dropens.data import build_datamodule
 from dropens.errors import ConfigError
 from dropens.evaluation import evaluate, mc_sizes
@@ -59,8 +59,15 @@ class Prepared:
 def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
     """Forward two examples in train and eval mode so shape errors surface before training.
 
-    Uses a forked RNG so that training draws exactly what it would without this check.
+    A ``stacked_members`` backbone (``ensemble``) gets its input once per member, ``(m b)``; a
+    backbone whose dropout layers form a finite family (``subnets``) also runs its members.
+    Uses a forked RNG and restores every buffer (BatchNorm running statistics), so that training
+    starts exactly where it would without this check.
     """
+    if getattr(backbone, "stacked_members", False):
+        x = x.repeat(int(backbone.n_members), *([1] * (x.dim() - 1)))
+    n_members = {m.n_members for m in control.dropout_layers(backbone) if m.p > 0} - {None}
+    buffers = {name: b.clone() for name, b in backbone.named_buffers()}
     with torch.random.fork_rng(), torch.no_grad():
         was_training = backbone.training
         try:
@@ -68,8 +75,13 @@ def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
             backbone(x)
             backbone.eval()
             backbone(x)
+            for k in n_members:
+                with control.member(backbone, list(range(k))):
+                    backbone(x.repeat(k, *([1] * (x.dim() - 1))))
         finally:
             backbone.train(was_training)
+            for name, b in backbone.named_buffers():
+                b.copy_(buffers[name])
 
 
 def prepare(config: Mapping[str, Any]) -> Prepared:
@@ -89,6 +101,8 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         raise ConfigError(
             "trainer.max_steps=0 trains nothing; choose a positive number (or -1 with max_epochs)"
         )
+    if config.get("cpu_threads"):
+        torch.set_num_threads(int(config["cpu_threads"]))
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     datamodule = build_datamodule(config["data"], seed=int(config["seed"]))
     datamodule.prepare_data()
@@ -136,9 +150,8 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         default_root_dir=str(record.path),
     )
     trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
-    with_mc = method.name != "plain"
     metrics, arrays = evaluate(
-        method.backbone, prep.datamodule.eval_sets(), config["eval"], with_mc
+        method.backbone, prep.datamodule.eval_sets(), config["eval"], method.eval_strategies
     )
     record.write_json("metrics.json", metrics)
     if config["eval"].get("save_predictions", True):

@@ -1,7 +1,13 @@
 """Training methods: LightningModules over the same backbone.
 
 - ``plain``: dropout layers at p = 0;
-- ``dropout``: masks sampled per example and step (objective ``member`` or ``ensemble``).
+- ``dropout``: masks sampled per example and step (objective ``member`` or ``ensemble``);
+- ``subnets``: ``K`` fixed-mask subnetworks sharing every weight (batching ``repeat`` or
+  ``partition``, objective ``member`` or ``ensemble``);
+- ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``).
+
+Every method declares its test-time evaluation plan in ``eval_strategies`` (see
+:func:`dropens.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -9,9 +15,13 @@ from __future__ import annotations
 from dropens.errors import bad_choice
 from dropens.methods.base import Method
 from dropens.methods.dropout import DropoutMethod
+from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.plain import Plain
+from dropens.methods.subnets import Subnets
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Plain, DropoutMethod)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble)
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -21,4 +31,13 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DropoutMethod", "Method", "Plain", "method_class"]
+__all__ = [
+    "METHODS",
+    "DropoutMethod",
+    "Ensemble",
+    "Method",
+    "Plain",
+    "StackedEnsemble",
+    "Subnets",
+    "method_class",
+]

@@ -43,6 +43,9 @@ class DropoutMethod(Method):
     """Dropout training: masks sampled fresh per example and step (mode ``sample``)."""
 
     name: ClassVar[str] = "dropout"
+    # weight scaling, and MC dropout at every T of eval.mc_curve (the mc rows also hold the mean
+    # single-subnetwork metrics member_acc / member_nll)
+    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "mc")
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:

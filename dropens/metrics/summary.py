@@ -1,8 +1,8 @@
 """The standard scalars of one evaluated prediction, and the member aggregation.
 
-:func:`aggregate` is the one place where member probabilities ``[M, N, C]`` become a prediction
-``[N, C]``; :func:`prediction_metrics` is what training code logs and the run record stores
-(``metrics.json``).
+:func:`aggregate` is the one place where member probabilities ``[M, N, C]`` (optionally weighted,
+``weights [M]``) become a prediction ``[N, C]``; :func:`prediction_metrics` is what training code
+logs and the run record stores (``metrics.json``).
 """
 
 from __future__ import annotations
