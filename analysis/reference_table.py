@@ -64,6 +64,12 @@ def main() -> None:
         "Test accuracy, mean ± std over seeds [95% t-interval]; "
         "command: `bash scripts/reference.sh && .venv/bin/python analysis/reference_table.py`\n"
     )
+    everything = load_study(args.results, "reference", include_incomplete=True)
+    incomplete = sorted(everything.loc[~everything["done"], "run_id"]) if len(everything) else []
+    if incomplete:  # listed, never used
+        md += "\n\nIncomplete runs (no DONE; not used above): " + ", ".join(
+            f"`{r}`" for r in incomplete
+        )
     (out / "table.md").write_text(note + "\n" + md + "\n")
     print(note + "\n" + md)
 

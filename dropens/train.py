@@ -142,7 +142,14 @@ def fit_and_record(prep: Prepared) -> RunRecord:
     if config.get("overwrite", False):  # retrain from scratch, not from the old final checkpoint
         shutil.rmtree(record.checkpoint_dir, ignore_errors=True)
     logger = tracking.build_logger(config, record.path)
-    checkpoint = ModelCheckpoint(dirpath=str(record.checkpoint_dir), save_last=True, save_top_k=0)
+    # one rolling checkpoint, overwritten after every epoch (save_top_k=0 + save_last never saves
+    # before the end of training: Lightning only writes "last" when a top-k checkpoint was written)
+    checkpoint = ModelCheckpoint(
+        dirpath=str(record.checkpoint_dir),
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     trainer = L.Trainer(
         **config["trainer"],
         logger=logger if logger is not None else False,

@@ -161,3 +161,32 @@ def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch):
         record = train(_config(tmp_path, "study=wbfail", "logger=wandb", "logger.mode=bogus"))
     assert record.done
     assert (record.path / "csv" / "metrics.csv").exists()
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """A crash mid-training leaves the epoch-end checkpoint and no DONE; the rerun resumes from it."""
+    import torch
+
+    from dropens.methods.dropout import DropoutMethod
+
+    cfg = _config(
+        tmp_path, "study=resume", "trainer.max_steps=45", "trainer.val_check_interval=1.0"
+    )
+    original = DropoutMethod.training_step
+
+    def crash_at_40(self, batch, batch_idx):
+        if self.global_step == 40:  # MNIST-1D: 37 steps per epoch (3601 examples, batch 100)
+            raise RuntimeError("simulated kill")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DropoutMethod, "training_step", crash_at_40)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg)
+    record = RunRecord.for_config(cfg)
+    assert not record.done
+    ckpt = torch.load(record.path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 37  # the end of epoch 1
+    monkeypatch.setattr(DropoutMethod, "training_step", original)
+    train(cfg)
+    assert record.done
+    assert json.loads((record.path / "run.json").read_text())["steps"] == 45
