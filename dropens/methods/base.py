@@ -51,6 +51,10 @@ class Method(L.LightningModule):
         self.eval_cfg = dict(config["eval"])
         self.max_steps = int(config["trainer"].get("max_steps", -1))
         n_bins = int(self.eval_cfg.get("n_bins", 15))
+        self._loss_sum: Tensor | float = (
+            0.0  # epoch mean of the training loss, logged once per epoch
+        )
+        self._loss_count = 0
         self.val_metrics = nn.ModuleDict(
             {name: PredictionMetrics(n_bins=n_bins) for name in self.validation_strategies()}
         )
@@ -82,14 +86,14 @@ class Method(L.LightningModule):
         loss = self.training_loss(x, y)
         # Lightning's self.log costs ~1.6 ms per call on CPU (benchmarks/bench_lightning.py): log the
         # step loss every log_every_n_steps only, and the epoch mean once per epoch.
-        self._loss_sum = getattr(self, "_loss_sum", 0.0) + loss.detach() * len(y)
-        self._loss_count = getattr(self, "_loss_count", 0) + len(y)
+        self._loss_sum = self._loss_sum + loss.detach() * len(y)
+        self._loss_count += len(y)
         if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if getattr(self, "_loss_count", 0):
+        if self._loss_count:
             self.log("train/loss_epoch", self._loss_sum / self._loss_count, on_epoch=True)
         self._loss_sum, self._loss_count = 0.0, 0
 
