@@ -136,7 +136,7 @@ def _git_commit() -> str | None:
 def fit_and_record(prep: Prepared) -> RunRecord:
     """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record."""
     config, record, method = prep.config, prep.record, prep.method
-    start = time.time()
+    start, commit = time.time(), _git_commit()  # the code the run starts with
     _quiet_lightning()
     record.begin(config)
     if config.get("overwrite", False):  # retrain from scratch, not from the old final checkpoint
@@ -168,7 +168,7 @@ def fit_and_record(prep: Prepared) -> RunRecord:
     info = {
         "wall_s": round(time.time() - start, 2),
         "steps": int(trainer.global_step),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "torch": torch.__version__,
         "lightning": L.__version__,
         "host": platform.node(),
