@@ -23,7 +23,6 @@ batched pass. The ``mc`` rows also hold ``member_acc`` / ``member_nll``: the mea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -33,16 +32,6 @@ from dropens.inference import Predictions, geometric_from_logprobs, predict
 from dropens.metrics.summary import prediction_metrics
 
 EVAL_STRATEGIES = ("deterministic", "mc", "members")
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One strategy to evaluate: ``label`` names it in metric keys (e.g. ``mc32``)."""
-
-    label: str
-    strategy: str
-    samples: int | None = None
-    aggregate: str = "mean"
 
 
 def mc_sizes(eval_cfg: Mapping[str, Any]) -> list[int]:
