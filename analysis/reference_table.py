@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from dropens.metrics import stats
-from dropens.report import markdown_table
+from dropens.reporting.tables import markdown_table
 from dropens.results import load_study
 
 PUBLISHED = {  # published reference accuracies (Greydanus 2020, MNIST-1D README) and the floors

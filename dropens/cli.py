@@ -2,6 +2,10 @@
 
     dropens train data=mnist1d model=cnn1d method=dropout dropout.p=0.1 seed=0
     dropens train --cfg              # print the composed config and exit
+    dropens study quickstart         # every run of experiments/quickstart.yaml (resumes)
+    dropens study quickstart launcher=slurm launcher.partition=gpu launcher.gpus_per_node=1
+    dropens study quickstart --list  # the runs and which are complete; trains nothing
+    dropens report quickstart        # reports/quickstart/ figures + tables, reports/REPORT.md
 
 Bad input prints one line (``error: <field>=<value> is not valid; choose one of: ...``) and exits
 with status 2 before anything is trained or written.
@@ -31,6 +35,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from dropens.launchers import launch
+    from dropens.study import describe, expand
+
+    plan = expand(args.name, args.overrides)
+    if args.match:
+        plan = plan.select(args.match)
+    if args.list:
+        print(describe(plan))
+        return 0
+    return launch(plan)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dropens.reporting import build_report
+
+    build_report(args.name, args.overrides, reports_root=args.out, wandb=args.wandb)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,11 +62,44 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dropout.p=0.3 seed=1")
     p_train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     p_train.set_defaults(func=_train)
+    p_study = sub.add_parser("study", help="run every run of a study (experiments/NAME.yaml)")
+    p_study.add_argument("name", help="study name, e.g. quickstart")
+    p_study.add_argument(
+        "overrides",
+        nargs="*",
+        help="run overrides for every run, seeds=[0,1], smoke=true, launcher=local|slurm, "
+        "launcher.<key>=<value>",
+    )
+    p_study.add_argument("--list", action="store_true", help="list the runs and exit")
+    p_study.add_argument(
+        "--match",
+        default=None,
+        help="only the runs whose id contains this text (e.g. fashion_mnist)",
+    )
+    p_study.set_defaults(func=_study)
+    p_report = sub.add_parser("report", help="figures + tables of a study from its run records")
+    p_report.add_argument("name", help="study name, e.g. quickstart")
+    p_report.add_argument(
+        "overrides",
+        nargs="*",
+        help="the study's overrides (smoke=true, seeds=[0], results_root=...)",
+    )
+    p_report.add_argument("--out", default="reports", help="reports root (default: reports)")
+    p_report.add_argument(
+        "--wandb", action="store_true", help="also log the figures to a W&B report run (offline)"
+    )
+    p_report.set_defaults(func=_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may follow options (`study NAME --match x seed=1`): argparse leaves them unparsed
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if any(e.startswith("-") for e in extra) or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as err:

@@ -1,5 +1,7 @@
 """Switch every dropout layer of a model at once: deterministic pass, MC sampling, or member k.
 
+:func:`eval_multiplier` also forces what the deterministic pass multiplies by (one or keep).
+
 Each context manager saves the mode/member state of every :class:`dropens.layers.Dropout` in the
 model and restores it on exit (also on exceptions). They do not touch ``model.training``: MC dropout
 at test time is ``model.eval()`` (BatchNorm uses running statistics) plus ``mc(model)``.
@@ -12,8 +14,8 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from dropens.errors import ConfigError
-from dropens.layers import Dropout
+from dropens.errors import ConfigError, check_choice
+from dropens.layers import EVAL_MULTIPLIERS, Dropout
 
 
 def dropout_layers(model: nn.Module) -> list[Dropout]:
@@ -79,6 +81,32 @@ def member(
     """
     with _switched(_require_layers(model, "member masks"), "member", k, assignment):
         yield model
+
+
+@contextmanager
+def eval_multiplier(model: nn.Module, multiplier: str) -> Iterator[nn.Module]:
+    """Force the multiplier of every dropout layer's deterministic pass (``off`` mode).
+
+    ``"one"``: identity at every layer; ``"keep"``: multiply by the layer's ``keep = 1 - p``;
+    whatever the layer's ``scale``. So for ``scale="inverted"`` ``"one"`` is the usual
+    deterministic pass and ``"keep"`` the mismatched one (scaled twice), and for ``scale="none"``
+    ``"keep"`` is the usual one (weight scaling) and ``"one"`` the mismatched one (never scaled).
+    Only the ``off`` mode changes (combine with :func:`deterministic`, or ``model.eval()``);
+    shapes are unchanged. Previous multipliers are restored on exit (also on exceptions).
+
+    Raises:
+        ConfigError: ``multiplier`` not one of ``one`` | ``keep``.
+    """
+    check_choice("eval multiplier", multiplier, EVAL_MULTIPLIERS)
+    layers = dropout_layers(model)
+    saved = [m.eval_multiplier for m in layers]
+    try:
+        for m in layers:
+            m.set_eval_multiplier(multiplier)
+        yield model
+    finally:
+        for m, value in zip(layers, saved):
+            m.eval_multiplier = value
 
 
 def set_n_members(model: nn.Module, n_members: int | None) -> None:

@@ -14,7 +14,10 @@ Mask modes (``Dropout.mode``; ``None`` = follow ``self.training``):
   (:meth:`Dropout.set_bank`, e.g. every mask of the layer for exhaustive inference), member ``k`` is
   row ``k`` of that bank instead of a seeded draw;
 - ``off``: the deterministic pass (default in ``model.eval()``): identity for ``scale="inverted"``,
-  multiply by ``keep`` for ``scale="none"`` (weight scaling).
+  multiply by ``keep`` for ``scale="none"`` (weight scaling). ``Dropout.eval_multiplier`` overrides
+  that multiplier whatever ``scale`` is: ``"one"`` (identity) or ``"keep"`` (multiply by ``keep``),
+  which makes the *mismatched* deterministic pass (e.g. an inverted-dropout net multiplied by
+  ``keep`` once more) for the magnitude study.
 
 Use :mod:`dropens.control` to switch every layer of a model at once.
 """
@@ -30,6 +33,8 @@ from dropens import masks
 from dropens.errors import ConfigError, bad_choice
 
 MODES = ("sample", "member", "off")
+# What the ``off`` mode multiplies by when ``Dropout.eval_multiplier`` is set (None: by ``scale``).
+EVAL_MULTIPLIERS = ("one", "keep")
 
 
 class Dropout(nn.Module):
@@ -73,6 +78,8 @@ class Dropout(nn.Module):
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64))
         self.mode: str | None = None
+        # None: the deterministic pass follows ``scale``; "one" | "keep": forced (not saved)
+        self.eval_multiplier: str | None = None
         self.members: tuple[int, ...] = (0,)
         self.assignment: Tensor | None = None
         self.n_members: int | None = None  # set by methods with a finite family (subnets)
@@ -95,6 +102,16 @@ class Dropout(nn.Module):
         if mode is not None and mode not in MODES:
             raise bad_choice("dropout mode", mode, MODES)
         self.mode = mode
+
+    def set_eval_multiplier(self, multiplier: str | None) -> None:
+        """What the ``off`` mode multiplies its input by: ``"one"`` (identity), ``"keep"``
+        (``keep = 1 - p``), or ``None`` (by ``scale``: one for ``inverted``, keep for ``none``).
+
+        Prefer :func:`dropens.control.eval_multiplier`, which restores the previous value on exit.
+        """
+        if multiplier is not None and multiplier not in EVAL_MULTIPLIERS:
+            raise bad_choice("dropout eval multiplier", multiplier, EVAL_MULTIPLIERS)
+        self.eval_multiplier = multiplier
 
     def set_members(self, members: Sequence[int] | int, assignment: Tensor | None = None) -> None:
         """Select member masks: ``members`` stacked ``(m b)`` on the batch axis, or, with
@@ -160,6 +177,8 @@ class Dropout(nn.Module):
             s += f", block_size={self.block_size}, share_channels={self.share_channels}"
         if self.mode is not None:
             s += f", mode={self.mode}"
+        if self.eval_multiplier is not None:
+            s += f", eval_multiplier={self.eval_multiplier}"
         return s
 
     # ------------------------------------------------------------------ member masks
@@ -238,7 +257,9 @@ class Dropout(nn.Module):
         masks.check_input(x.shape, self.structure, self.block_size, self.site)
         mode = self.effective_mode()
         if mode == "off":
-            return masks.deterministic(x, self.p, self.scale)
+            if self.eval_multiplier is None:
+                return masks.deterministic(x, self.p, self.scale)
+            return x * self.keep if self.eval_multiplier == "keep" else x
         if mode == "member":
             return self._member_forward(x)
         noise = masks.sample_noise(

@@ -6,7 +6,8 @@ One run writes one directory, complete or visibly incomplete::
       config.yaml        the resolved config (enough to rerun it)
       metrics.json       flat scalars, keys ``stage/set/strategy/metric`` (e.g. ``test/clean/mc32/ece``)
       predictions.npz    per eval set and strategy: members ``[M, N, C]`` float16 (+ ``labels/<set>``)
-      magnitudes.json    per-layer activation statistics, train mode vs eval mode (when recorded)
+      magnitudes.json    per-layer activation statistics, train mode vs eval mode
+                         (``dropens.evaluation.magnitudes``; read with :meth:`RunRecord.magnitudes`)
       run.json           wall time, versions, git commit (not in metrics.json, which must be reproducible)
       checkpoints/       Lightning checkpoints (resume)
       DONE               written last, atomically
@@ -44,13 +45,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# Settings that say where or how visibly a run executes, not what it computes: the same run on a
+# laptop, a SLURM GPU node or with/without a progress bar is the same record.
+PLACEMENT_KEYS = {
+    "": ("results_root", "run_id", "overwrite", "logger", "cpu_threads"),
+    "trainer": ("accelerator", "devices", "enable_progress_bar", "enable_model_summary"),
+    "eval": ("memory_budget_mb", "save_predictions"),
+    "data": ("root", "debian_dir", "download"),
+}
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    """Short stable hash of a resolved config (ignoring where results go and the run's own id)."""
-    body = {
-        k: v
-        for k, v in config.items()
-        if k not in {"results_root", "run_id", "overwrite", "logger"}
-    }
+    """Short stable hash of a resolved config: what the run computes (:data:`PLACEMENT_KEYS` left out)."""
+    body = {k: v for k, v in config.items() if k not in PLACEMENT_KEYS[""]}
+    for node, keys in PLACEMENT_KEYS.items():
+        if node and isinstance(body.get(node), Mapping):
+            body[node] = {k: v for k, v in body[node].items() if k not in keys}
     return hashlib.blake2b(
         json.dumps(body, sort_keys=True, default=str).encode(), digest_size=4
     ).hexdigest()
@@ -68,6 +78,10 @@ def default_run_id(config: Mapping[str, Any]) -> str:
     parts = [method["name"]]
     if "k" in method:
         parts.append(f"k{method['k']}")
+    if method.get("batching", "repeat") != "repeat":
+        parts.append(method["batching"])
+    if method.get("objective", "member") != "member":
+        parts.append(f"{method['objective']}-objective")
     parts += [config["model"]["name"], config["data"]["name"]]
     if uses_dropout(config):
         parts.append(f"p{dropout['p']}")
@@ -144,6 +158,24 @@ class RunRecord:
     def metrics(self) -> dict[str, float]:
         return json.loads((self.path / "metrics.json").read_text())
 
+    def magnitudes(self) -> pd.DataFrame:
+        """``magnitudes.json`` as one row per (layer, ``input`` | ``output``, call).
+
+        Columns: those of :func:`dropens.metrics.magnitude.record_train_eval` (``layer, type,
+        kind, where, call, p``, ``{stat}_train``, ``{stat}_eval``, ``{stat}_ratio`` (eval/train),
+        ``var_ratio_predicted``, ``bn_running_var``, ``bn_eval_var``, ``bn_var_ratio``); the
+        file's header (``eval_set``, ``n_examples``, ``seed``, ``member``) is in ``df.attrs``.
+        """
+        data = json.loads((self.path / "magnitudes.json").read_text())
+        frame = pd.DataFrame(data["layers"])
+        frame.attrs.update({k: v for k, v in data.items() if k != "layers"})
+        return frame
+
+    def info(self) -> dict[str, Any]:
+        """``run.json`` (wall time, versions, commit, device); empty if absent."""
+        path = self.path / "run.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def predictions(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "predictions.npz") as z:
             return {k: z[k] for k in z.files}
@@ -184,5 +216,12 @@ def load_study(
         row.update(cfg)
         if run.done:
             row.update(run.metrics())
+            info = run.info()
+            row.update(
+                {
+                    k: info.get(k)
+                    for k in ("git_commit", "git_dirty", "code_commit", "wall_s", "device", "steps")
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from dropens.errors import check_choice
@@ -87,6 +88,96 @@ def log_summary(logger: Logger | None, metrics: Mapping[str, float]) -> None:
         warnings.warn(
             f"W&B summary update failed ({err}); the local record is complete", stacklevel=2
         )
+
+
+def headline_key(arrays: Mapping[str, Any]) -> str | None:
+    """The stored predictions that represent the run: its ensemble if it has one, else deterministic."""
+    for suffix in ("members", "mc", "deterministic"):
+        keys = [k for k in arrays if k.endswith(f"/{suffix}") and not k.startswith("labels/")]
+        if keys:
+            return keys[0]
+    return None
+
+
+def log_run_figures(
+    logger: Logger | None,
+    metrics: Mapping[str, float],
+    arrays: Mapping[str, Any],
+    n_table: int = 64,
+) -> None:
+    """W&B only: a reliability diagram and the MC-samples curve as images, and a small predictions
+    table (first ``n_table`` test examples: label, prediction, confidence, member disagreement).
+
+    ``arrays``: ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}`` (the record's
+    predictions). Never raises: a failure is a warning, the record is complete without it.
+    """
+    if logger is None or type(logger).__name__ != "WandbLogger":
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import wandb
+
+        from dropens.metrics.calibration import reliability
+
+        key = headline_key(arrays)
+        if key is None:
+            return
+        name = key.split("/")[0]
+        members = arrays[key].float()
+        probs = members.mean(0)
+        labels = arrays[f"labels/{name}"].long()
+        rel = reliability(probs, labels)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ok = rel["count"] > 0
+        centers = (torch.arange(len(ok)) + 0.5) / len(ok)
+        ax.bar(centers[ok], rel["accuracy"][ok], width=1 / len(ok), edgecolor="k", alpha=0.8)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set(
+            xlabel="confidence",
+            ylabel="accuracy",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            title=f"reliability: {key}",
+        )
+        images = {"figures/reliability": wandb.Image(fig)}
+        plt.close(fig)
+        sizes = sorted(
+            int(k.split("/")[2][2:])
+            for k in metrics
+            if k.startswith(f"test/{name}/mc") and k.endswith("/acc")
+        )
+        if sizes:
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            ax.plot(
+                sizes, [metrics[f"test/{name}/mc{t}/acc"] for t in sizes], "o-", label="MC dropout"
+            )
+            det = metrics.get(f"test/{name}/deterministic/acc")
+            if det is not None:
+                ax.axhline(det, ls="--", color="k", label="deterministic")
+            ax.set(
+                xscale="log",
+                xlabel="MC samples T",
+                ylabel="test accuracy",
+                title="MC-samples curve",
+            )
+            ax.legend()
+            images["figures/mc_curve"] = wandb.Image(fig)
+            plt.close(fig)
+        conf, pred = probs[:n_table].max(-1)
+        dis = (members[:, :n_table].argmax(-1) != pred).float().mean(0)
+        table = wandb.Table(
+            columns=["index", "label", "prediction", "confidence", "member_disagreement"],
+            data=[
+                [i, int(labels[i]), int(pred[i]), float(conf[i]), float(dis[i])]
+                for i in range(len(pred))
+            ],
+        )
+        logger.experiment.log({**images, "predictions": table})
+    except Exception as err:
+        warnings.warn(f"W&B figures failed ({err}); the local record is complete", stacklevel=2)
 
 
 def finish(logger: Logger | None) -> None:

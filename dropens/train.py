@@ -27,7 +27,7 @@ from torch import nn
 from dropens import control, tracking
 from dropens.data import build_datamodule
 from dropens.errors import ConfigError
-from dropens.evaluation import evaluate, mc_sizes
+from dropens.evaluation import evaluate, magnitudes, mc_sizes
 from dropens.masks import validate_spec
 from dropens.methods import Method, method_class
 from dropens.results import RunRecord
@@ -84,13 +84,12 @@ def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
                 b.copy_(buffers[name])
 
 
-def prepare(config: Mapping[str, Any]) -> Prepared:
-    """Validate ``config`` (a resolved dict) and build data, backbone and method; trains nothing.
+def validate_config(config: Mapping[str, Any]) -> None:
+    """The checks that need no data or model: mask spec, method node, eval sizes, step budget.
 
     Raises:
         ConfigError: one line naming the bad field, its value and the valid choices.
     """
-    config = dict(config)
     d = config["dropout"]
     validate_spec(d["p"], d["dist"], d["structure"], d["scale"], d["block_size"])
     cls = method_class(config["method"]["name"])
@@ -101,6 +100,17 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         raise ConfigError(
             "trainer.max_steps=0 trains nothing; choose a positive number (or -1 with max_epochs)"
         )
+
+
+def prepare(config: Mapping[str, Any]) -> Prepared:
+    """Validate ``config`` (a resolved dict) and build data, backbone and method; trains nothing.
+
+    Raises:
+        ConfigError: one line naming the bad field, its value and the valid choices.
+    """
+    config = dict(config)
+    validate_config(config)
+    cls, eval_cfg = method_class(config["method"]["name"]), config["eval"]
     if config.get("cpu_threads"):
         torch.set_num_threads(int(config["cpu_threads"]))
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
@@ -114,29 +124,38 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
             f"choose from: {', '.join(datamodule.eval_sets())}"
         )
     backbone = cls.build_backbone(config, datamodule.input_shape, datamodule.n_classes)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+    datamodule.drop_last_train = has_bn and len(datamodule.x_train) % datamodule.batch_size == 1
     _dry_run(backbone, datamodule.x_train[:2])
     method = cls(backbone, config)
     return Prepared(config, RunRecord.for_config(config), datamodule, method)
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             capture_output=True,
             text=True,
             timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _git_commit() -> tuple[str | None, bool | None]:
+    """``(HEAD commit, whether tracked files differ from it)`` of the code a run starts with."""
+    commit = _git("rev-parse", "HEAD") or None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, (bool(status) if status is not None else None)
 
 
 def fit_and_record(prep: Prepared) -> RunRecord:
     """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record."""
     config, record, method = prep.config, prep.record, prep.method
-    start, commit = time.time(), _git_commit()  # the code the run starts with
+    start, (commit, dirty) = time.time(), _git_commit()  # the code the run starts with
     _quiet_lightning()
     record.begin(config)
     if config.get("overwrite", False):  # retrain from scratch, not from the old final checkpoint
@@ -157,18 +176,28 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         default_root_dir=str(record.path),
     )
     trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
+    eval_sets = prep.datamodule.eval_sets()
     metrics, arrays = evaluate(
-        method.backbone, prep.datamodule.eval_sets(), config["eval"], method.eval_strategies
+        method.backbone,
+        eval_sets,
+        config["eval"],
+        method.eval_strategies,
+        train_x=prep.datamodule.x_train,
+        train_batch_size=prep.datamodule.batch_size,
     )
     record.write_json("metrics.json", metrics)
     if config["eval"].get("save_predictions", True):
         record.write_predictions(arrays)
+    # after metrics.json; a forked RNG seeded by the run's seed, so it is reproducible too
+    record.write_json("magnitudes.json", magnitudes(method.backbone, eval_sets, config["seed"]))
     tracking.log_summary(logger, metrics)
+    tracking.log_run_figures(logger, metrics, arrays)
     tracking.finish(logger)
     info = {
         "wall_s": round(time.time() - start, 2),
         "steps": int(trainer.global_step),
         "git_commit": commit,
+        "git_dirty": dirty,  # true: uncommitted changes on top of git_commit
         "torch": torch.__version__,
         "lightning": L.__version__,
         "host": platform.node(),

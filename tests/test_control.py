@@ -265,3 +265,64 @@ def test_member_outside_the_family_raises_and_restores(k):
 def test_negative_member_is_rejected_without_a_family():
     with pytest.raises(ConfigError, match=r"k=-1 .*\[0, inf\)"), control.member(make_model(), -1):
         pass
+
+
+# ----------------------------------------------------------------------------- eval multiplier
+
+
+def linear_chain(scale: str, p1: float = 0.3, p2: float = 0.6) -> nn.Sequential:
+    """Dropout -> Linear -> Dropout -> Linear, no bias, float64: the logits are linear in each
+    layer's multiplier, so forcing multipliers scales them by the product of the factors."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        Dropout(p1, scale=scale, seed=1),
+        nn.Linear(6, 5, bias=False),
+        Dropout(p2, scale=scale, seed=2),
+        nn.Linear(5, 3, bias=False),
+    ).double()
+
+
+@pytest.mark.parametrize("scale", ["inverted", "none"])
+def test_eval_multiplier_matches_deterministic_and_scales_the_mismatched_pass(scale):
+    model, x = linear_chain(scale), x_batch().flatten(1)[:, :6].double()
+    keep = (1 - 0.3) * (1 - 0.6)
+    with control.deterministic(model):
+        base = model(x)
+        with control.eval_multiplier(model, "one"):
+            one = model(x)
+        with control.eval_multiplier(model, "keep"):
+            kept = model(x)
+    if scale == "inverted":  # identity is the usual pass; keep scales a second time
+        assert torch.equal(one, base)
+        torch.testing.assert_close(kept, keep * base, rtol=1e-12, atol=0)
+    else:  # weight scaling is the usual pass; one never scales
+        assert torch.equal(kept, base)
+        torch.testing.assert_close(one, base / keep, rtol=1e-12, atol=0)
+
+
+def test_eval_multiplier_leaves_sampled_and_member_passes_and_restores():
+    model, x = make_model(), x_batch()
+    model.eval()
+    layers = control.dropout_layers(model)
+    layers[1].set_eval_multiplier("one")  # a value set before is restored, not reset to None
+    with control.mc(model):
+        torch.manual_seed(3)
+        sampled = model(x)
+        with control.eval_multiplier(model, "keep"):
+            assert all(m.eval_multiplier == "keep" for m in layers)
+            torch.manual_seed(3)
+            assert torch.equal(model(x), sampled)
+    with control.member(model, 2):
+        member = model(x)
+        with control.eval_multiplier(model, "one"):
+            assert torch.equal(model(x), member)
+    with pytest.raises(RuntimeError, match="inside"), control.eval_multiplier(model, "keep"):
+        raise RuntimeError("inside")
+    assert [m.eval_multiplier for m in layers] == [None, "one", None, None, None]
+
+
+def test_eval_multiplier_rejects_unknown_value_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"'half'.*one, keep"):
+        control.eval_multiplier(make_model(), "half").__enter__()
+    with pytest.raises(ConfigError, match="one, keep"):
+        Dropout(0.5).set_eval_multiplier("half")

@@ -172,6 +172,12 @@ def test_record_has_every_member_and_both_aggregates(tmp_path):
     preds = record.predictions()
     n = len(preds["labels/clean"])
     assert preds["clean/members"].shape == (4, n, 10)
+    # members curve: members@m is the average of the first m members (m = 1, 2 < K = 4)
+    assert metrics["test/clean/members@1/acc"] == metrics["test/clean/member0/acc"]
+    probs = torch.from_numpy(preds["clean/members"][:2].astype(np.float32)).mean(0)
+    acc = (probs.argmax(-1).numpy() == preds["labels/clean"]).mean()
+    assert abs(metrics["test/clean/members@2/acc"] - acc) <= 2 / n  # float16-stored ties
+    assert "test/clean/members@4/acc" not in metrics  # m = K is the `members` row
     header = (record.path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("val/clean/members/acc", "val/clean/members/disagreement", "train/loss_step"):
         assert key in header, key

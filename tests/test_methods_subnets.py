@@ -59,7 +59,14 @@ def test_registered_and_members_declared():
     method = _method("method.k=5")
     layers = control.dropout_layers(method.backbone)
     assert layers and all(m.n_members == 5 for m in layers)
-    assert Subnets.eval_strategies == ("deterministic", "members", "mc")
+    assert Subnets.eval_strategies == (
+        "deterministic",
+        "members",
+        "mc",
+        "ws_off",
+        "ws_on",
+        "bn_recomputed",
+    )
 
 
 def test_members_differ_and_stack_member_major(batch):

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from dropens.report import markdown_table
+from dropens.reporting.tables import markdown_table
 
 
 def test_markdown_table_hand_computed():

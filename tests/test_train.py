@@ -31,16 +31,28 @@ def test_train_writes_complete_record(tmp_path):
         "config.yaml",
         "metrics.json",
         "predictions.npz",
+        "magnitudes.json",
         "run.json",
         "checkpoints/last.ckpt",
     ):
         assert (record.path / name).exists(), name
     metrics = record.metrics()
-    for strategy in ("deterministic", "mc1", "mc4"):
+    for strategy in ("deterministic", "mc1", "mc4", "ws_off", "ws_on"):
         for metric in ("acc", "nll", "ece", "brier"):
             value = metrics[f"test/clean/{strategy}/{metric}"]
             assert np.isfinite(value), (strategy, metric)
     assert 0.0 <= metrics["test/clean/mc4/acc"] <= 1.0
+    # scale=inverted: ws_off is the deterministic pass; cnn1d has no BatchNorm: nothing recomputed
+    for metric in ("acc", "nll", "ece"):
+        assert (
+            metrics[f"test/clean/ws_off/{metric}"] == metrics[f"test/clean/deterministic/{metric}"]
+        )
+    assert not any("/bn_recomputed/" in k for k in metrics)
+    mags = record.magnitudes()
+    assert mags.attrs["eval_set"] == "clean" and mags.attrs["n_examples"] == 512
+    dropout_out = mags[(mags["kind"] == "dropout") & (mags["where"] == "output")]
+    assert len(dropout_out) == 3  # the three conv sites of cnn1d
+    assert np.isfinite(dropout_out[["var_ratio", "var_ratio_predicted"]].to_numpy()).all()
     preds = record.predictions()
     n_test = len(preds["labels/clean"])
     assert preds["clean/deterministic"].shape == (1, n_test, 10)
@@ -59,8 +71,22 @@ def test_same_seed_same_config_identical_metrics(tmp_path):
     a = train(_config(tmp_path / "a", "study=det"))
     b = train(_config(tmp_path / "b", "study=det"))
     assert (a.path / "metrics.json").read_bytes() == (b.path / "metrics.json").read_bytes()
+    assert (a.path / "magnitudes.json").read_bytes() == (b.path / "magnitudes.json").read_bytes()
     c = train(_config(tmp_path / "c", "study=det", "seed=1"))
     assert c.metrics() != a.metrics()
+
+
+def test_bn_mlp_records_recomputed_statistics(tmp_path):
+    """An MLP with BatchNorm after hidden dropout: bn_recomputed rows, BN rows in magnitudes."""
+    record = train(
+        _config(tmp_path, "study=bn", "model=mlp", "model.batchnorm=true", "eval.mc_curve=[]")
+    )
+    metrics = record.metrics()
+    for strategy in ("deterministic", "ws_off", "ws_on", "bn_recomputed"):
+        assert np.isfinite(metrics[f"test/clean/{strategy}/nll"]), strategy
+    assert record.predictions()["clean/bn_recomputed"].shape[0] == 1
+    bn_in = record.magnitudes().query("kind == 'batchnorm' and where == 'input'")
+    assert len(bn_in) == 2 and np.isfinite(bn_in["bn_var_ratio"]).all()
 
 
 def test_complete_run_is_skipped_and_overwrite_retrains(tmp_path, capsys):

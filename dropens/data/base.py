@@ -223,6 +223,8 @@ class TensorDataModule(L.LightningDataModule):
             setattr(self, attr, getattr(self, attr).to(device))
         return self
 
+    drop_last_train: bool = False
+
     def train_dataloader(self) -> TensorLoader:
         self._require_setup()
         transform = AUGMENTATIONS[self.augment] if self.augment else None
@@ -233,6 +235,9 @@ class TensorDataModule(L.LightningDataModule):
             shuffle=True,
             seed=self.seed,
             transform=transform,
+            # a last batch of ONE example cannot be trained with BatchNorm (no batch statistics):
+            # backbones with BN drop it (train.prepare sets this); others keep every example
+            drop_last=self.drop_last_train,
         )
 
     def val_dataloader(self) -> TensorLoader:

@@ -40,7 +40,8 @@ class Method(L.LightningModule):
 
     name: ClassVar[str] = "base"
     # The test-time evaluation plan: the strategies of dropens.evaluation.evaluate to run on every
-    # eval set (``deterministic`` | ``mc`` (the eval.mc_curve) | ``members``).
+    # eval set (``deterministic`` | ``mc`` (the eval.mc_curve) | ``members`` | ``ws_off`` |
+    # ``ws_on`` | ``bn_recomputed``).
     eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic",)
 
     def __init__(self, backbone: nn.Module, config: Mapping[str, Any]) -> None:

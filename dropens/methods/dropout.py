@@ -44,8 +44,16 @@ class DropoutMethod(Method):
 
     name: ClassVar[str] = "dropout"
     # weight scaling, and MC dropout at every T of eval.mc_curve (the mc rows also hold the mean
-    # single-subnetwork metrics member_acc / member_nll)
-    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "mc")
+    # single-subnetwork metrics member_acc / member_nll); the weight-scaling probe (ws_off, ws_on)
+    # and BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm):
+    # one deterministic pass each
+    eval_strategies: ClassVar[tuple[str, ...]] = (
+        "deterministic",
+        "mc",
+        "ws_off",
+        "ws_on",
+        "bn_recomputed",
+    )
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:

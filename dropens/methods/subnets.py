@@ -61,11 +61,20 @@ class Subnets(Method):
 
     Validation logs the deterministic pass (weight scaling of the shared weights) and the ``K``
     members (``val/clean/members/...``: calibration of their mean, plus diversity). The test-time
-    evaluation plan (:attr:`eval_strategies`) adds MC dropout and every member alone.
+    evaluation plan (:attr:`eval_strategies`) adds MC dropout, every member alone, the
+    weight-scaling probe and recomputed BatchNorm statistics.
     """
 
     name: ClassVar[str] = "subnets"
-    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "members", "mc")
+    # + the weight-scaling probe and recomputed BatchNorm statistics, as for dropout
+    eval_strategies: ClassVar[tuple[str, ...]] = (
+        "deterministic",
+        "members",
+        "mc",
+        "ws_off",
+        "ws_on",
+        "bn_recomputed",
+    )
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:

@@ -62,7 +62,9 @@ class PredictionMetrics(Metric):
         self.labels.append(labels)
 
     def compute(self) -> dict[str, Tensor]:
-        member_probs = dim_zero_cat(self.probs).transpose(0, 1)
-        labels = dim_zero_cat(self.labels)
+        # on the CPU: once per validation, and the calibration bins (scatter_add_) then need no
+        # deterministic CUDA kernel when the trainer runs with deterministic=true on a GPU
+        member_probs = dim_zero_cat(self.probs).transpose(0, 1).cpu()
+        labels = dim_zero_cat(self.labels).cpu()
         values = prediction_metrics(member_probs, labels, self.aggregate, self.n_bins)
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}

@@ -20,10 +20,15 @@ class MLP(Backbone):
     Linear(40, 100)-ReLU-Linear(100, 100)-ReLU-Linear(100, 10).
 
     Layout: ``flatten -> [input] -> (Linear -> [BatchNorm1d] -> ReLU -> [hidden]) x len(widths)
-    -> Linear``, where ``[site]`` marks a dropout site.
+    -> [head] -> Linear``, where ``[site]`` marks a dropout site.
 
-    Sites (both flat, always ``structure="element"``): ``input`` (on the flattened input) and
-    ``hidden`` (after every hidden ReLU).
+    Sites (all flat, always ``structure="element"``): ``input`` (on the flattened input),
+    ``hidden`` (after every hidden ReLU) and ``head`` (once, after the last hidden ReLU, just
+    before the classifier Linear; on the input when ``widths`` is empty). With ``batchnorm=True``,
+    ``hidden`` puts dropout before the next Linear -> BatchNorm1d ("dropout before BN", whose
+    variance shift Li et al. 2019 describe), while ``head`` puts it after every BatchNorm
+    ("dropout after BN", their remedy). Selecting both ``hidden`` and ``head`` draws two
+    independent masks on the last hidden layer.
 
     Shapes: input ``(N, *input_shape)`` (any shape, flattened to ``(N, prod(input_shape))``);
     output logits ``[N, n_classes]``.
@@ -33,8 +38,8 @@ class MLP(Backbone):
         batchnorm: BatchNorm1d after each hidden Linear, before the ReLU (Linear bias dropped).
     """
 
-    dropout_sites: ClassVar[tuple[str, ...]] = ("input", "hidden")
-    flat_sites: ClassVar[tuple[str, ...]] = ("input", "hidden")
+    dropout_sites: ClassVar[tuple[str, ...]] = ("input", "hidden", "head")
+    flat_sites: ClassVar[tuple[str, ...]] = ("input", "hidden", "head")
     default_sites: ClassVar[tuple[str, ...]] = ("hidden",)
 
     def __init__(
@@ -56,6 +61,7 @@ class MLP(Backbone):
                 layers.append(nn.BatchNorm1d(width))
             layers += [nn.ReLU(), self.site("hidden", (width,))]
             features = width
+        layers.append(self.site("head", (features,)))  # last: indices of the others do not move
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(features, self.n_classes)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from dropens.errors import ConfigError
 from dropens.layers import Dropout
@@ -25,13 +26,13 @@ SMALL = {
 }
 # Dropout layers per site of each (small) model: {site: occurrences}.
 OCCURRENCES = {
-    "mlp": {"input": 1, "hidden": 2},
+    "mlp": {"input": 1, "hidden": 2, "head": 1},
     "cnn1d": {"input": 1, "conv": 3, "head": 1},
     "cnn2d": {"input": 1, "conv": 4, "hidden": 1},
     "resnet20": {"block": 9, "head": 1},
     "wrn28_10": {"block": 3, "head": 1},
 }
-FLAT = {"mlp": {"input", "hidden"}, "cnn1d": {"head"}, "cnn2d": {"hidden"}}
+FLAT = {"mlp": {"input", "hidden", "head"}, "cnn1d": {"head"}, "cnn2d": {"hidden"}}
 FLAT["resnet20"] = FLAT["wrn28_10"] = {"head"}
 
 
@@ -171,6 +172,40 @@ def test_dropout_layers_sit_exactly_at_the_selected_sites(name, sites):
     assert site_names(model) == expected
 
 
+def leaf_call_order(model, x) -> list[str]:
+    """Class names of the leaf modules (unselected sites left out) in the order of the forward."""
+    order: list[str] = []
+    leaves = [m for m in model.modules() if not list(m.children()) and type(m) is not nn.Identity]
+    handles = [
+        m.register_forward_hook(lambda m, a, o: order.append(type(m).__name__)) for m in leaves
+    ]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+@pytest.mark.parametrize("widths", [[16, 16, 16], [16]])
+def test_mlp_head_site_puts_dropout_after_every_batchnorm(widths):
+    """``head``: one dropout after the last hidden ReLU, right before the classifier, so no
+    BatchNorm follows a dropout ("dropout after BN"); ``hidden`` feeds dropout into the next
+    Linear -> BatchNorm ("dropout before BN") when there is a next layer."""
+    x = torch.randn(4, 40)
+    head = build("mlp", dropout_sites=["head"], batchnorm=True, widths=widths)
+    assert site_names(head) == ["head.0"]
+    order = leaf_call_order(head, x)
+    assert order[-3:] == ["ReLU", "Dropout", "Linear"]
+    assert order.count("Dropout") == 1 and order.count("BatchNorm1d") == len(widths)
+    hidden = build("mlp", dropout_sites=["hidden"], batchnorm=True, widths=widths)
+    order = leaf_call_order(hidden, x)
+    first_dropout = order.index("Dropout")
+    assert ("BatchNorm1d" in order[first_dropout:]) == (len(widths) > 1)
+    # the same parameter names whichever site is selected (the head site comes last in body)
+    assert dict(head.named_parameters()).keys() == dict(hidden.named_parameters()).keys()
+
+
 @pytest.mark.parametrize("name", ["cnn1d", "cnn2d", "resnet20", "wrn28_10"])
 @pytest.mark.parametrize("structure", ["channel", "location", "block"])
 def test_structure_applies_only_to_spatial_sites(name, structure):
@@ -202,7 +237,7 @@ def test_all_flat_sites_with_a_spatial_structure_is_one_line_error():
 
 def test_unknown_site_is_one_line_error_naming_the_choices():
     message = one_line_error(lambda: build("mlp", dropout_sites=["hidden", "conv"]))
-    assert message == "model.dropout_sites='conv' is not valid; choose one of: input, hidden"
+    assert message == "model.dropout_sites='conv' is not valid; choose one of: input, hidden, head"
     message = one_line_error(lambda: build("resnet20", dropout_sites=["conv"]))
     assert "model.dropout_sites='conv'" in message and "block, head" in message
 

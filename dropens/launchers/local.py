@@ -1,0 +1,88 @@
+"""The ``local`` launcher: every pending run of a study, one after another, in this process."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from dropens.data import build_datamodule
+from dropens.errors import ConfigError
+from dropens.results import RunRecord
+from dropens.study import Plan, run_one, summary_line
+
+
+def check_data(plan: Plan) -> None:
+    """Every data set the pending runs need is present (one-line error otherwise), before training."""
+    seen: set[str] = set()
+    for config in plan.pending():
+        key = repr(sorted(config["data"].items()))
+        if key not in seen:
+            seen.add(key)
+            build_datamodule(config["data"], seed=int(config["seed"])).prepare_data()
+
+
+def launch_local(plan: Plan) -> int:
+    """Train the pending runs in order; returns 0 if every run of the study is complete."""
+    check_data(plan)
+    pending = plan.pending()
+    total, failed = len(plan.runs), []
+    print(
+        f"study {plan.name}: {total} runs, {total - len(pending)} complete, {len(pending)} to train"
+    )
+    start = time.time()
+    workers = int(plan.launcher.get("workers", 1))
+    if workers > 1 and len(pending) > 1:
+        failed = _launch_pool(pending, workers)
+        pending = []
+    for i, config in enumerate(pending, 1):
+        record = RunRecord.for_config(config)
+        print(f"[{i}/{len(pending)}] {record.path.name}", flush=True)
+        t0 = time.time()
+        try:
+            run_one(config)
+        except ConfigError:
+            raise
+        except Exception:
+            if not plan.launcher.get("keep_going", True):
+                raise
+            traceback.print_exc()
+            failed.append(record.path.name)
+            print(f"[{i}/{len(pending)}] FAILED {record.path.name}", flush=True)
+            continue
+        print(
+            f"[{i}/{len(pending)}] done in {time.time() - t0:.0f}s: {summary_line(record)}",
+            flush=True,
+        )
+    done = sum(r.done for r in plan.records())
+    print(f"study {plan.name}: {done}/{total} runs complete ({time.time() - start:.0f}s)")
+    if failed:
+        print(f"failed ({len(failed)}): " + ", ".join(failed))
+    return 0 if done == total else 1
+
+
+def _launch_pool(pending: list[dict], workers: int) -> list[str]:
+    """Train ``pending`` on ``workers`` spawned processes; returns the ids of the runs that failed."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    failed = []
+    configs = [
+        {**c, "trainer": {**c["trainer"], "enable_progress_bar": False}} for c in pending
+    ]  # interleaved bars are unreadable; placement setting, the run id is unchanged
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, c): RunRecord.for_config(c) for c in configs}
+        for i, future in enumerate(as_completed(futures), 1):
+            record = futures[future]
+            try:
+                future.result()
+                print(
+                    f"[{i}/{len(configs)}] done: {record.path.name}: {summary_line(record)}",
+                    flush=True,
+                )
+            except Exception as err:
+                failed.append(record.path.name)
+                print(
+                    f"[{i}/{len(configs)}] FAILED {record.path.name}: {type(err).__name__}: {err}",
+                    flush=True,
+                )
+    return failed

@@ -1,0 +1,152 @@
+"""What every study report shares: seed statistics, figure/table writers, the REPORT.md section.
+
+Figures are written as PNG (for the README/REPORT and W&B) and PDF (for papers) with
+:func:`save_figure`; tables as CSV (machine-readable) and Markdown (for REPORT.md) with
+:func:`write_table`. Statistics over seeds are means with 95% t-intervals
+(:func:`dropens.metrics.stats.summarize`); a cell reads ``0.955 ± 0.004 [0.945, 0.965]`` (mean ± std
+[CI]) or, compactly, ``0.955 [0.945, 0.965]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from dropens.metrics import stats
+from dropens.reporting.tables import markdown_table
+
+PALETTE = {  # one colour per method everywhere (colour-blind safe, seaborn "colorblind")
+    "plain": "#7f7f7f",
+    "dropout": "#0173b2",
+    "subnets": "#de8f05",
+    "ensemble": "#029e73",
+    "dropout (ensemble objective)": "#cc78bc",
+}
+
+
+@dataclass
+class Section:
+    """One study's part of REPORT.md, filled by its report builder."""
+
+    results: list[str] = field(default_factory=list)  # Markdown lines with numbers and CIs
+    figures: list[str] = field(default_factory=list)  # file stems under reports/<study>/
+    tables: list[str] = field(default_factory=list)
+
+
+def seed_stats(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Mean, std, n and 95% t-interval of one metric over seeds (NaN interval for n < 2)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"n": 0.0, "mean": np.nan, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if x.size == 1:
+        return {"n": 1.0, "mean": float(x[0]), "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    return stats.summarize(x)
+
+
+def summarize_groups(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per group of ``by``: for each metric its ``<m>_mean``, ``_std``, ``_lo``, ``_hi``, ``n``."""
+    rows = []
+    for key, group in df.groupby(list(by), dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(by, key))
+        row["n"] = len(group)
+        for m in metrics:
+            s = seed_stats(group[m].to_numpy() if m in group else [])
+            row.update(
+                {
+                    f"{m}_mean": s["mean"],
+                    f"{m}_std": s["std"],
+                    f"{m}_lo": s["ci_low"],
+                    f"{m}_hi": s["ci_high"],
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt_ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
+    """``0.955 [0.945, 0.965]`` (or just the mean when there is no interval)."""
+    if not np.isfinite(mean):
+        return "-"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def ci_cell(row: pd.Series | dict, metric: str, digits: int = 3) -> str:
+    return fmt_ci(row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"], digits)
+
+
+def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> str:
+    """Write ``out_dir/stem.png`` (150 dpi) and ``.pdf``; closes the figure; returns ``stem``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / f"{stem}.png", dpi=150, bbox_inches="tight")
+    fig.savefig(out_dir / f"{stem}.pdf", bbox_inches="tight")
+    plt.close(fig)
+    return stem
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, stem: str) -> str:
+    """Write ``out_dir/stem.csv`` and ``.md``; returns ``stem``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / f"{stem}.csv", index=False)
+    (out_dir / f"{stem}.md").write_text(markdown_table(df) + "\n")
+    return stem
+
+
+def band(
+    ax: plt.Axes, x: np.ndarray, row_mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any
+) -> None:
+    """A mean line with its 95% CI as a translucent band."""
+    (line,) = ax.plot(x, row_mean, marker="o", ms=3, **kw)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(
+            np.asarray(x)[ok],
+            np.asarray(lo)[ok],
+            np.asarray(hi)[ok],
+            color=line.get_color(),
+            alpha=0.2,
+            lw=0,
+        )
+
+
+def hline_ci(
+    ax: plt.Axes, mean: float, lo: float, hi: float, label: str, color: str, ls: str = "--"
+) -> None:
+    """A horizontal reference (e.g. the deterministic pass) with its CI as a band."""
+    ax.axhline(mean, color=color, ls=ls, lw=1.2, label=label)
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.axhspan(lo, hi, color=color, alpha=0.12, lw=0)
+
+
+def method_label(row: pd.Series | dict) -> str:
+    """Readable method name of a run row (``subnets K=4``, ``dropout (ensemble objective)``...)."""
+    name = row["cfg.method.name"]
+    if name == "dropout" and row.get("cfg.method.objective") == "ensemble":
+        return "dropout (ensemble objective)"
+    if name in ("subnets", "ensemble"):
+        return f"{name} K={int(row['cfg.method.k'])}"
+    return str(name)
+
+
+def require_columns(df: pd.DataFrame, keys: Sequence[str], study: str) -> None:
+    """The report's headline columns exist (e.g. MC T=32 needs ``eval.mc_samples=32``), else one line."""
+    from dropens.errors import ConfigError
+
+    missing = [k for k in keys if k not in df]
+    if missing:
+        raise ConfigError(
+            f"the {study} report needs {missing[0]} in the run records; they were trained with other "
+            f"eval settings (keep eval.mc_samples=32, the study's default)"
+        )

@@ -1,0 +1,478 @@
+"""Figures of the ``ensemble_view`` study: does dropout train an ensemble of subnetworks?
+
+One panel per (data, model):
+
+- ``k_spectrum``: K fixed-mask subnetworks (``subnets``, K = 1..32), their average and their mean
+  single member, against dropout (K -> infinity: MC T=32 and one random mask), plain, independent
+  networks and the dropout ensemble objective;
+- ``decomposition``: dropout's improvement over plain = (one random subnetwork - plain), the part a
+  regularizer explains, + (MC average - one random subnetwork), the averaging (ensemble) gain;
+  per-seed paired differences, mean and 95% CI;
+- ``members_curve``: accuracy / NLL vs number of members averaged: MC samples of one dropout
+  network, K trained fixed subnetworks, the first m of K independent networks;
+- ``diversity_plane``: disagreement between members vs member accuracy (Fort et al. 2019);
+- ``exhaustive``: a tiny MLP averaged over all 2^12 masks, geometric vs arithmetic mean vs weight
+  scaling vs MC (Warde-Farley et al. 2014).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from dropens.reporting.common import (
+    PALETTE,
+    Section,
+    band,
+    ci_cell,
+    fmt_ci,
+    hline_ci,
+    save_figure,
+    seed_stats,
+    summarize_groups,
+    write_table,
+)
+
+PRETTY = {
+    ("mnist1d", "mlp"): "MNIST-1D MLP",
+    ("mnist1d", "cnn1d"): "MNIST-1D CNN",
+    ("fashion_mnist", "cnn2d"): "Fashion-MNIST CNN",
+}
+
+
+def _kind(row: pd.Series) -> str:
+    name = row["cfg.method.name"]
+    if name == "dropout" and row.get("cfg.method.objective") == "ensemble":
+        return "dropout_objective"
+    if name == "dropout" and row.get("cfg.eval.exhaustive") is True:
+        return "exhaustive"
+    return str(name)
+
+
+def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
+    keys = list(dict.fromkeys(zip(df["cfg.data.name"], df["cfg.model.name"])))
+    return [k for k in PRETTY if k in keys] + [k for k in keys if k not in PRETTY]
+
+
+def build(df: pd.DataFrame, out_dir: Path) -> Section:
+    section = Section()
+    df = df.copy()
+    df["kind"] = [_kind(r) for _, r in df.iterrows()]
+    main = df[df["kind"] != "exhaustive"]
+    main = main[~(main.get("cfg.model.widths", pd.Series(dtype=object)).astype(str) == "[12]")]
+    panels = _panels(main)
+    section.figures.append(_k_spectrum(main, panels, out_dir, section))
+    section.figures.append(_decomposition(main, panels, out_dir, section))
+    section.figures.append(_members_curve(main, panels, out_dir))
+    section.figures.append(_diversity_plane(main, panels, out_dir))
+    section.tables.append(_summary_table(main, out_dir))
+    exh = df[df["kind"] == "exhaustive"]
+    if len(exh) and "test/clean/exhaustive_geometric/acc" in exh:
+        section.figures.append(_exhaustive(exh, out_dir, section))
+    return section
+
+
+def _sel(df: pd.DataFrame, data: str, model: str, kind: str) -> pd.DataFrame:
+    return df[
+        (df["cfg.data.name"] == data) & (df["cfg.model.name"] == model) & (df["kind"] == kind)
+    ]
+
+
+def _summary_table(df: pd.DataFrame, out_dir: Path) -> str:
+    rows = []
+    for data, model in _panels(df):
+        for kind, strategy in (
+            ("plain", "deterministic"),
+            ("dropout", "deterministic"),
+            ("dropout", "mc32"),
+            ("dropout_objective", "mc32"),
+            ("ensemble", "members"),
+        ):
+            sub = _sel(df, data, model, kind)
+            if len(sub):
+                rows.append((data, model, kind, strategy, None, sub))
+        sub = _sel(df, data, model, "subnets")
+        for k in sorted(sub["cfg.method.k"].dropna().unique()):
+            rows.append((data, model, "subnets", "members", int(k), sub[sub["cfg.method.k"] == k]))
+    out = []
+    for data, model, kind, strategy, k, sub in rows:
+        cell = {
+            "data": data,
+            "model": model,
+            "method": kind + (f" K={k}" if k else ""),
+            "evaluation": strategy,
+            "seeds": len(sub),
+        }
+        for m in ("acc", "nll", "ece"):
+            s = seed_stats(sub[f"test/clean/{strategy}/{m}"])
+            cell[m] = fmt_ci(s["mean"], s["ci_low"], s["ci_high"], 3 if m == "acc" else 4)
+        out.append(cell)
+    return write_table(pd.DataFrame(out), out_dir, "summary")
+
+
+def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section) -> str:
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7), squeeze=False)
+    for j, (data, model) in enumerate(panels):
+        sub = _sel(df, data, model, "subnets")
+        ks = np.array(sorted(sub["cfg.method.k"].dropna().unique()), dtype=int)
+        for i, m in enumerate(("acc", "nll")):
+            ax = axes[i, j]
+            if len(ks):
+                g = summarize_groups(
+                    sub,
+                    ["cfg.method.k"],
+                    [
+                        f"test/clean/members/{m}",
+                        f"test/clean/member0/{m}",
+                        f"test/clean/members/member_{m}",
+                    ],
+                )
+                g = g.sort_values("cfg.method.k")
+                key = f"test/clean/members/member_{m}"
+                band(
+                    ax,
+                    ks,
+                    g[f"test/clean/members/{m}_mean"].to_numpy(),
+                    g[f"test/clean/members/{m}_lo"].to_numpy(),
+                    g[f"test/clean/members/{m}_hi"].to_numpy(),
+                    color=PALETTE["subnets"],
+                    label="K subnetworks, average",
+                )
+                band(
+                    ax,
+                    ks,
+                    g[f"{key}_mean"].to_numpy(),
+                    g[f"{key}_lo"].to_numpy(),
+                    g[f"{key}_hi"].to_numpy(),
+                    color=PALETTE["subnets"],
+                    ls="--",
+                    label="K subnetworks, one member (mean)",
+                )
+            for kind, strategy, label, ls, color in (
+                ("dropout", "mc32", "dropout, MC T=32", "-", PALETTE["dropout"]),
+                ("dropout", "mc1", "dropout, one random mask", "--", PALETTE["dropout"]),
+                ("plain", "deterministic", "plain", ":", PALETTE["plain"]),
+                ("ensemble", "members", "4 independent nets", "-.", PALETTE["ensemble"]),
+                (
+                    "dropout_objective",
+                    "mc32",
+                    "dropout, ensemble objective, T=32",
+                    "-",
+                    PALETTE["dropout (ensemble objective)"],
+                ),
+            ):
+                vals = _sel(df, data, model, kind)
+                if len(vals) and f"test/clean/{strategy}/{m}" in vals:
+                    s = seed_stats(vals[f"test/clean/{strategy}/{m}"])
+                    hline_ci(ax, s["mean"], s["ci_low"], s["ci_high"], label, color, ls)
+            ax.set_xscale("log", base=2)
+            if len(ks):
+                ax.set_xticks(ks, [str(k) for k in ks])
+            else:
+                ax.text(
+                    0.5,
+                    0.1,
+                    "subnets: no complete runs yet",
+                    ha="center",
+                    transform=ax.transAxes,
+                    fontsize=8,
+                )
+            ax.set_xlabel("K (number of fixed subnetworks trained)")
+            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+        if len(ks):
+            g = summarize_groups(sub, ["cfg.method.k"], ["test/clean/members/acc"]).sort_values(
+                "cfg.method.k"
+            )
+            section.results.append(
+                f"{PRETTY.get((data, model))}: subnets accuracy by K: "
+                + "; ".join(
+                    f"K={int(r['cfg.method.k'])}: {ci_cell(r, 'test/clean/members/acc')}"
+                    for _, r in g.iterrows()
+                )
+                + "; dropout MC T=32: "
+                + _cell(_sel(df, data, model, "dropout"), "test/clean/mc32/acc")
+                + "; plain: "
+                + _cell(_sel(df, data, model, "plain"), "test/clean/deterministic/acc")
+            )
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "The K-spectrum: K fixed subnetworks vs dropout (K -> infinity); mean and 95% CI over seeds"
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "k_spectrum")
+
+
+def _cell(sub: pd.DataFrame, key: str) -> str:
+    if key not in sub or not len(sub):
+        return "-"
+    s = seed_stats(sub[key])
+    return fmt_ci(s["mean"], s["ci_low"], s["ci_high"])
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, key_a: str, key_b: str) -> np.ndarray:
+    """Per-seed ``a[key_a] - b[key_b]`` over the seeds both have."""
+    x = a.set_index("cfg.seed")[key_a]
+    y = b.set_index("cfg.seed")[key_b]
+    common = x.index.intersection(y.index)
+    return (x.loc[common] - y.loc[common]).to_numpy(dtype=float)
+
+
+def _decomposition(df: pd.DataFrame, panels: list, out_dir: Path, section: Section) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    width = 0.25
+    for ax, m, label in zip(
+        axes, ("acc", "nll"), ("change in test accuracy vs plain", "change in test NLL vs plain")
+    ):
+        for j, (data, model) in enumerate(panels):
+            drop, plain = _sel(df, data, model, "dropout"), _sel(df, data, model, "plain")
+            if not (len(drop) and len(plain)):
+                continue
+            member = f"test/clean/mc32/member_{m}"  # mean metric of single random masks
+            parts = {
+                "one random subnetwork - plain": _paired(
+                    drop, plain, member, f"test/clean/deterministic/{m}"
+                ),
+                "MC average (T=32) - one subnetwork": _paired(
+                    drop, drop, f"test/clean/mc32/{m}", member
+                ),
+                "total: MC T=32 - plain": _paired(
+                    drop, plain, f"test/clean/mc32/{m}", f"test/clean/deterministic/{m}"
+                ),
+            }
+            for i, (name, diffs) in enumerate(parts.items()):
+                s = seed_stats(diffs)
+                err = (
+                    [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+                    if np.isfinite(s["ci_low"])
+                    else None
+                )
+                ax.bar(
+                    j + (i - 1) * width,
+                    s["mean"],
+                    width,
+                    yerr=err,
+                    capsize=3,
+                    edgecolor="k",
+                    lw=0.4,
+                    color=["#de8f05", "#0173b2", "#555555"][i],
+                    label=name if j == 0 else None,
+                )
+                section.results.append(
+                    f"{PRETTY.get((data, model))}: {name} ({'accuracy' if m == 'acc' else 'NLL'}): "
+                    f"{fmt_ci(s['mean'], s['ci_low'], s['ci_high'], 4)} ({int(s['n'])} paired seeds)"
+                )
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(panels)), [PRETTY.get(p, str(p)) for p in panels], fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "Dropout's gain over plain = regularization (one subnetwork) + averaging (paired by seed, 95% CI)"
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "decomposition")
+
+
+def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7), squeeze=False)
+    for j, (data, model) in enumerate(panels):
+        for i, m in enumerate(("acc", "nll")):
+            ax = axes[i, j]
+            drop = _sel(df, data, model, "dropout")
+            ts = sorted(
+                {
+                    int(c.split("/")[2][2:])
+                    for c in drop.columns
+                    if c.startswith("test/clean/mc")
+                    and c.endswith(f"/{m}")
+                    and drop[c].notna().any()
+                }
+            )
+            if ts:
+                s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in ts]
+                band(
+                    ax,
+                    np.array(ts),
+                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    color=PALETTE["dropout"],
+                    label="MC dropout, T masks",
+                )
+            sub = _sel(df, data, model, "subnets")
+            ks = sorted(sub["cfg.method.k"].dropna().unique())
+            if ks:
+                s = [
+                    seed_stats(sub.loc[sub["cfg.method.k"] == k, f"test/clean/members/{m}"])
+                    for k in ks
+                ]
+                band(
+                    ax,
+                    np.array(ks),
+                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    color=PALETTE["subnets"],
+                    label="K fixed subnetworks (trained with K)",
+                )
+            ens = _sel(df, data, model, "ensemble")
+            ms = sorted(
+                {
+                    int(c.split("/")[2].split("@")[1])
+                    for c in ens.columns
+                    if c.startswith("test/clean/members@")
+                    and c.endswith(f"/{m}")
+                    and ens[c].notna().any()
+                }
+            )
+            if ms:
+                s = [seed_stats(ens[f"test/clean/members@{k}/{m}"]) for k in ms]
+                band(
+                    ax,
+                    np.array(ms),
+                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    color=PALETTE["ensemble"],
+                    label="first m of 4 independent nets",
+                )
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("members averaged (T, K or m)")
+            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Accuracy and NLL vs number of members averaged (mean and 95% CI over seeds)")
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "members_curve")
+
+
+def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+    for ax, (data, model) in zip(axes[0], panels):
+        points = [
+            ("dropout", "mc32", None, "MC dropout (T=32)", PALETTE["dropout"], "o"),
+            (
+                "dropout_objective",
+                "mc32",
+                None,
+                "dropout, ensemble objective",
+                PALETTE["dropout (ensemble objective)"],
+                "D",
+            ),
+            ("ensemble", "members", None, "4 independent nets", PALETTE["ensemble"], "s"),
+        ]
+        sub = _sel(df, data, model, "subnets")
+        for k in sorted(sub["cfg.method.k"].dropna().unique()):
+            if k > 1:
+                points.append(
+                    ("subnets", "members", int(k), f"subnets K={int(k)}", PALETTE["subnets"], "^")
+                )
+        for kind, strategy, k, label, color, marker in points:
+            rows = _sel(df, data, model, kind)
+            if k is not None:
+                rows = rows[rows["cfg.method.k"] == k]
+            if not len(rows):
+                continue
+            x = seed_stats(rows[f"test/clean/{strategy}/disagreement"])
+            y = seed_stats(rows[f"test/clean/{strategy}/member_acc"])
+            xerr = (
+                [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]]
+                if np.isfinite(x["ci_low"])
+                else None
+            )
+            yerr = (
+                [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]]
+                if np.isfinite(y["ci_low"])
+                else None
+            )
+            ax.errorbar(
+                x["mean"],
+                y["mean"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt=marker,
+                color=color,
+                capsize=3,
+                label=label if kind != "subnets" or k == 2 else None,
+                ms=6,
+            )
+            if k is not None:
+                ax.annotate(
+                    f"K={k}",
+                    (x["mean"], y["mean"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        if not ax.has_data():
+            ax.text(
+                0.5, 0.5, "no complete runs yet", ha="center", va="center", transform=ax.transAxes
+            )
+        ax.set_xlabel("disagreement of a member with the ensemble")
+        ax.set_ylabel("member accuracy")
+        ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Diversity-accuracy plane (Fort et al. 2019): mean and 95% CI over seeds")
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "diversity_plane")
+
+
+def _exhaustive(exh: pd.DataFrame, out_dir: Path, section: Section) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    bars = [
+        ("deterministic", "weight scaling"),
+        ("exhaustive_geometric", "all masks, geometric mean"),
+        ("exhaustive_mean", "all masks, arithmetic mean"),
+        ("mc32", "MC T=32"),
+        ("mc1", "one random mask"),
+    ]
+    for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL")):
+        for i, (strategy, name) in enumerate(bars):
+            s = (
+                seed_stats(exh[f"test/clean/{strategy}/{m}"])
+                if f"test/clean/{strategy}/{m}" in exh
+                else seed_stats([])
+            )
+            err = (
+                [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+                if np.isfinite(s["ci_low"])
+                else None
+            )
+            ax.bar(
+                i,
+                s["mean"],
+                yerr=err,
+                capsize=4,
+                color=["#0173b2", "#029e73", "#de8f05", "#cc78bc", "#999999"][i],
+                edgecolor="k",
+                lw=0.4,
+            )
+            ax.scatter(
+                np.full(len(exh), i),
+                exh.get(f"test/clean/{strategy}/{m}", pd.Series(dtype=float)),
+                color="k",
+                s=8,
+                zorder=3,
+            )
+            if m == "nll":
+                section.results.append(
+                    f"tiny MLP (12 hidden units, p=0.5), {name}: accuracy {_cell(exh, f'test/clean/{strategy}/acc')}, NLL {_cell(exh, f'test/clean/{strategy}/nll')}"
+                )
+        ax.set_xticks(range(len(bars)), [b[1] for b in bars], rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        ss = [
+            seed_stats(exh[f"test/clean/{s}/{m}"]) for s, _ in bars if f"test/clean/{s}/{m}" in exh
+        ]
+        lo = np.nanmin([min(x["ci_low"], x["mean"]) for x in ss])
+        hi = np.nanmax([max(x["ci_high"], x["mean"]) for x in ss])
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+    fig.suptitle(
+        "Exhaustive average over all 4096 subnetworks vs weight scaling and MC (bars: mean, 95% CI; dots: seeds)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "exhaustive")

@@ -1,0 +1,268 @@
+"""Figures of the ``quickstart`` study: plain / dropout / subnets / ensemble on one backbone.
+
+- ``mc_curve``: accuracy, NLL and ECE of MC dropout against the number of samples T (mean and 95%
+  band over seeds), next to the deterministic pass and the K=4 explicit ensembles;
+- ``reliability``: reliability diagrams pooled over seeds (from the stored predictions);
+- ``diversity``: mutual information, disagreement and ensemble gain of MC dropout (T = K and
+  T = 32) vs K fixed subnetworks vs K independent networks;
+- ``magnitude``: per dropout layer, eval/train ratio of the mean and the variance of the
+  activations (from ``magnitudes.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from dropens.metrics.calibration import reliability
+from dropens.reporting.common import (
+    PALETTE,
+    Section,
+    band,
+    ci_cell,
+    fmt_ci,
+    hline_ci,
+    require_columns,
+    save_figure,
+    seed_stats,
+    summarize_groups,
+    write_table,
+)
+from dropens.reporting.magnitude_common import magnitude_rows, plot_signal_ratios
+from dropens.results import RunRecord
+
+METRICS = ("acc", "nll", "ece")
+LABELS = {"acc": "test accuracy", "nll": "test NLL", "ece": "test ECE (15 bins)"}
+
+
+def headline(method: str) -> str:
+    """The strategy that represents a method in the summary: its ensemble, or its one network."""
+    return {
+        "plain": "deterministic",
+        "dropout": "mc32",
+        "subnets": "members",
+        "ensemble": "members",
+    }[method]
+
+
+def _rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table: one row per (run, strategy) with acc/nll/ece and diversity columns."""
+    out = []
+    for _, run in df.iterrows():
+        method = run["cfg.method.name"]
+        strategies = {"plain": ["deterministic"], "dropout": ["deterministic", "mc4", "mc32"]}.get(
+            method, ["members", "members_geometric"]
+        )
+        for strategy in strategies:
+            row = {"method": method, "strategy": strategy, "seed": run["cfg.seed"]}
+            for m in (*METRICS, "mi", "disagreement", "ensemble_gain", "member_acc"):
+                row[m] = run.get(f"test/clean/{strategy}/{m}", np.nan)
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def build(df: pd.DataFrame, out_dir: Path) -> Section:
+    section = Section()
+    require_columns(df[df["cfg.method.name"] == "dropout"], ["test/clean/mc32/acc"], "quickstart")
+    long = _rows(df)
+    summary = summarize_groups(
+        long, ["method", "strategy"], [*METRICS, "mi", "disagreement", "ensemble_gain"]
+    )
+    table = pd.DataFrame(
+        {
+            "method": summary["method"],
+            "evaluation": summary["strategy"],
+            "seeds": summary["n"],
+            **{
+                m: [ci_cell(r, m, 4 if m != "acc" else 3) for _, r in summary.iterrows()]
+                for m in METRICS
+            },
+            "MI": [ci_cell(r, "mi", 4) for _, r in summary.iterrows()],
+            "disagreement": [ci_cell(r, "disagreement", 3) for _, r in summary.iterrows()],
+        }
+    )
+    section.tables.append(write_table(table, out_dir, "summary"))
+    for _, r in summary.iterrows():
+        if r["strategy"] in ("deterministic", "mc32", "members") and not (
+            r["method"] == "dropout" and r["strategy"] == "members"
+        ):
+            section.results.append(
+                f"{r['method']} ({r['strategy']}): accuracy {ci_cell(r, 'acc')}, NLL {ci_cell(r, 'nll')}, "
+                f"ECE {ci_cell(r, 'ece')} ({int(r['n'])} seeds)"
+            )
+    section.figures.append(_mc_curve(df, out_dir))
+    fig = _reliability(df, out_dir)
+    if fig:
+        section.figures.append(fig)
+    section.figures.append(_diversity(long, out_dir))
+    mags = magnitude_rows(df)
+    if not mags.empty:
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        plot_signal_ratios(ax, mags[mags["method"] == "dropout"])
+        ax.set_title("Activation statistics after dropout: deterministic / training pass")
+        section.figures.append(save_figure(fig, out_dir, "magnitude"))
+    return section
+
+
+def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
+    drop = df[df["cfg.method.name"] == "dropout"]
+    sizes = sorted(
+        {
+            int(c.split("/")[2][2:])
+            for c in df.columns
+            if c.startswith("test/clean/mc") and c.endswith("/acc")
+        }
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, m in zip(axes, METRICS):
+        s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in sizes]
+        band(
+            ax,
+            np.array(sizes),
+            np.array([x["mean"] for x in s]),
+            np.array([x["ci_low"] for x in s]),
+            np.array([x["ci_high"] for x in s]),
+            color=PALETTE["dropout"],
+            label="dropout, MC average of T masks",
+        )
+        refs = [
+            ("dropout", "deterministic", "dropout, deterministic (weight scaling)", "--"),
+            ("plain", "deterministic", "plain network", ":"),
+            ("subnets", "members", "subnets K=4, average", "-."),
+            ("ensemble", "members", "ensemble K=4, average", "-."),
+        ]
+        for method, strategy, label, ls in refs:
+            vals = (
+                df.loc[df["cfg.method.name"] == method, f"test/clean/{strategy}/{m}"]
+                if f"test/clean/{strategy}/{m}" in df
+                else []
+            )
+            s0 = seed_stats(vals)
+            if s0["n"]:
+                hline_ci(ax, s0["mean"], s0["ci_low"], s0["ci_high"], label, PALETTE[method], ls)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(t) for t in sizes])
+        ax.set_xlabel("MC samples T")
+        ax.set_ylabel(LABELS[m])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    n = len(drop)
+    fig.suptitle(f"MC dropout vs number of samples (mean and 95% CI over {n} seeds)")
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "mc_curve")
+
+
+def _pooled_reliability(
+    df: pd.DataFrame, method: str, key: str, n_samples: int | None
+) -> dict | None:
+    count = conf = hits = None
+    for _, run in df[df["cfg.method.name"] == method].iterrows():
+        rec = RunRecord(run["path"])
+        if not (rec.path / "predictions.npz").exists():
+            return None
+        preds = rec.predictions()
+        if f"clean/{key}" not in preds:
+            return None
+        probs = torch.from_numpy(preds[f"clean/{key}"][:n_samples].astype(np.float32)).mean(0)
+        probs = probs / probs.sum(-1, keepdim=True)
+        r = reliability(probs, torch.from_numpy(preds["labels/clean"].astype(np.int64)))
+        c = r["count"].numpy().astype(float)
+        count = c if count is None else count + c
+        conf = np.nan_to_num(r["confidence"].numpy() * c) + (0 if conf is None else conf)
+        hits = np.nan_to_num(r["accuracy"].numpy() * c) + (0 if hits is None else hits)
+    if count is None:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count, "confidence": conf / count, "accuracy": hits / count}
+
+
+def _reliability(df: pd.DataFrame, out_dir: Path) -> str | None:
+    panels = [
+        ("plain", "deterministic", None, "plain"),
+        ("dropout", "deterministic", None, "dropout, deterministic"),
+        ("dropout", "mc", 32, "dropout, MC T=32"),
+        ("subnets", "members", None, "subnets K=4"),
+        ("ensemble", "members", None, "ensemble K=4"),
+    ]
+    data = [(p, _pooled_reliability(df, p[0], p[1], p[2])) for p in panels]
+    data = [(p, d) for p, d in data if d is not None]
+    if not data:
+        return None
+    fig, axes = plt.subplots(1, len(data), figsize=(3.1 * len(data), 3.3), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, ((method, strategy, t, title), d) in zip(axes, data):
+        ok = d["count"] > 0
+        edges = np.linspace(0, 1, len(d["count"]) + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        ax.bar(
+            centers[ok],
+            d["accuracy"][ok],
+            width=1 / len(centers),
+            color=PALETTE[method],
+            alpha=0.75,
+            edgecolor="k",
+            lw=0.4,
+            label="accuracy in bin",
+        )
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        label = f"mc{t}" if strategy == "mc" else strategy
+        e = seed_stats(df.loc[df["cfg.method.name"] == method, f"test/clean/{label}/ece"])
+        ax.set_title(f"{title}\nECE {fmt_ci(e['mean'], e['ci_low'], e['ci_high'], 3)}", fontsize=9)
+        ax.set_xlabel("confidence (top-1)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        "Reliability, test predictions pooled over seeds (ECE: mean [95% CI] over seeds)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "reliability")
+
+
+def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
+    groups = [
+        ("dropout", "mc4", "dropout MC, T=4"),
+        ("dropout", "mc32", "dropout MC, T=32"),
+        ("subnets", "members", "subnets K=4"),
+        ("ensemble", "members", "ensemble K=4"),
+    ]
+    metrics = [
+        ("mi", "mutual information (nats)"),
+        ("disagreement", "disagreement with the average"),
+        ("ensemble_gain", "ensemble gain (nats): member NLL - ensemble NLL"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (m, label) in zip(axes, metrics):
+        for i, (method, strategy, name) in enumerate(groups):
+            vals = long.loc[(long["method"] == method) & (long["strategy"] == strategy), m]
+            s = seed_stats(vals)
+            err = (
+                [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+                if np.isfinite(s["ci_low"])
+                else None
+            )
+            ax.bar(
+                i,
+                s["mean"],
+                yerr=err,
+                color=PALETTE[method],
+                alpha=0.85 if "32" not in name else 0.55,
+                capsize=4,
+                edgecolor="k",
+                lw=0.4,
+            )
+            ax.scatter(np.full(len(vals), i), vals, color="k", s=8, zorder=3)
+        ax.set_xticks(
+            range(len(groups)), [g[2] for g in groups], rotation=20, ha="right", fontsize=8
+        )
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Diversity of the members (bars: mean, error bars: 95% CI, dots: seeds)")
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "diversity")

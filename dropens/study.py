@@ -1,0 +1,267 @@
+"""Studies: a named grid of runs that tests one claim (``experiments/<name>.yaml``).
+
+A study file states the claim, the setup, the seeds, the grid and the figures it feeds::
+
+    claim: "..."                   # one sentence: what the grid tests
+    setup: "..."                   # data, model, budget, in words
+    report: quickstart             # figure builder of dropens.reporting (default: the study name)
+    overrides: [data=mnist1d, model=cnn1d, steps=1500]   # common to every run
+    seeds: [0, 1, 2]
+    grid:                          # union of blocks; each block is the product of its values
+      - {method: plain}
+      - {method: subnets, method.k: [1, 2, 4]}            # conditional: k only for subnets
+    smoke: [trainer=smoke]         # overrides of the tiny form (slow smoke test, SLURM test)
+
+Each run is ``compose(overrides + block values + seed + command-line overrides + study=<name>)``,
+so the command line wins and every run is an ordinary ``dropens train`` config (same run id, same
+record). :func:`expand` composes and validates every run before anything trains; the launchers
+(:mod:`dropens.launchers`) skip runs whose record is complete, so an interrupted study resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dropens.config import compose, config_dir, to_container
+from dropens.errors import ConfigError, bad_choice
+from dropens.results import RunRecord
+
+STUDY_KEYS = ("claim", "setup", "report", "overrides", "seeds", "grid", "smoke", "figures")
+# Study-level overrides of the command line (not run config): which seeds, the tiny form, launcher.
+STUDY_OVERRIDES = ("seeds", "smoke", "launcher")
+
+
+def experiments_dir() -> Path:
+    """``experiments/`` of the repository (editable install) or the copy shipped in the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_experiments", here.parent / "experiments"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"no experiments/ directory found next to {here}; reinstall dropens")
+
+
+def study_names() -> list[str]:
+    """Names of the studies in ``experiments/``."""
+    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
+@dataclass
+class Study:
+    """A parsed ``experiments/<name>.yaml``."""
+
+    name: str
+    claim: str
+    setup: str
+    report: str
+    overrides: list[str]
+    seeds: list[int]
+    grid: list[dict[str, Any]]
+    smoke: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    def blocks(self) -> list[list[str]]:
+        """The grid as override lists, one per grid point (seeds not included)."""
+        points: list[list[str]] = []
+        for block in self.grid:
+            keys = list(block)
+            values = [v if isinstance(v, list) else [v] for v in block.values()]
+            for combo in itertools.product(*values):
+                points.append([f"{k}={_override_value(v)}" for k, v in zip(keys, combo)])
+        return points
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def load_study_file(name: str) -> Study:
+    """Parse and check ``experiments/<name>.yaml``.
+
+    Raises:
+        ConfigError: unknown study (naming the valid ones) or a malformed file.
+    """
+    path = experiments_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise bad_choice("study", name, study_names())
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid keys: {', '.join(STUDY_KEYS)}")
+    grid = raw.get("grid") or [{}]
+    if not isinstance(grid, list) or not all(isinstance(b, dict) for b in grid):
+        raise ConfigError(f"{path}: grid must be a list of {{override: value | [values]}} blocks")
+    seeds = raw.get("seeds", [0])
+    return Study(
+        name=name,
+        claim=str(raw.get("claim", "")).strip(),
+        setup=str(raw.get("setup", "")).strip(),
+        report=str(raw.get("report", name)),
+        overrides=[str(o) for o in raw.get("overrides", [])],
+        seeds=[int(s) for s in (seeds if isinstance(seeds, list) else [seeds])],
+        grid=grid,
+        smoke=[str(o) for o in raw.get("smoke", [])],
+        figures=[str(f) for f in raw.get("figures", [])],
+    )
+
+
+@dataclass
+class Plan:
+    """A study expanded into validated run configs, plus the launcher settings."""
+
+    study: Study
+    name: str  # results/<name>/ and the W&B group (``study=`` on the command line renames it)
+    runs: list[dict[str, Any]]
+    launcher: dict[str, Any]
+
+    def records(self) -> list[RunRecord]:
+        return [RunRecord.for_config(c) for c in self.runs]
+
+    def select(self, text: str) -> Plan:
+        """The runs whose run id contains ``text`` (a subset to train or list)."""
+        runs = [c for c in self.runs if text in RunRecord.for_config(c).path.name]
+        if not runs:
+            raise ConfigError(
+                f"--match {text!r} selects none of the {len(self.runs)} runs of study {self.name}"
+            )
+        return Plan(self.study, self.name, runs, self.launcher)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Runs whose record is not complete (what a launcher still has to train)."""
+        return [c for c in self.runs if not RunRecord.for_config(c).done]
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """Separate study-level overrides (``seeds=``, ``smoke=``, ``launcher=``) from run overrides.
+
+    Returns ``(study_level, launcher_overrides, run_overrides)``; ``launcher.<key>=<v>`` goes to the
+    launcher config.
+    """
+    study_level: dict[str, str] = {}
+    launcher: list[str] = []
+    runs: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key == "seed":
+            raise ConfigError(
+                f"seed={value} is not a study override; choose the seeds with seeds=[{value}]"
+            )
+        if sep and key in STUDY_OVERRIDES:
+            study_level[key] = value
+        elif sep and key.startswith("launcher."):
+            launcher.append(f"{key.removeprefix('launcher.')}={value}")
+        else:
+            runs.append(item)
+    return study_level, launcher, runs
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = yaml.safe_load(text)
+        seeds = seeds if isinstance(seeds, list) else [seeds]
+        return [int(s) for s in seeds]
+    except (ValueError, TypeError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"seeds={text!r} is not valid; give a list of integers, e.g. seeds=[0,1,2]"
+        ) from err
+
+
+def launcher_config(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """``configs/launcher/<name>.yaml`` with ``key=value`` overrides applied."""
+    from omegaconf import OmegaConf
+
+    options = sorted(p.stem for p in (config_dir() / "launcher").glob("*.yaml"))
+    if name not in options:
+        raise bad_choice("launcher", name, options)
+    cfg = OmegaConf.load(config_dir() / "launcher" / f"{name}.yaml")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise bad_choice(f"launcher.{key}", value, [f"launcher.{k}" for k in cfg])
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def expand(name: str, overrides: Sequence[str] = ()) -> Plan:
+    """Compose and validate every run of study ``name`` (nothing is trained or written).
+
+    Args:
+        overrides: command-line overrides: run overrides (Hydra syntax, applied to every run, after
+            the study's own), ``seeds=[..]``, ``smoke=true`` (the study's tiny form),
+            ``launcher=local|slurm`` and ``launcher.<key>=<value>``.
+
+    Raises:
+        ConfigError: the first bad override or grid point, as one line.
+    """
+    from dropens.train import validate_config
+
+    study = load_study_file(name)
+    study_level, launcher_overrides, run_overrides = split_overrides(overrides)
+    seeds = _parse_seeds(study_level["seeds"]) if "seeds" in study_level else study.seeds
+    smoke = yaml.safe_load(study_level.get("smoke", "false"))
+    if not isinstance(smoke, bool):
+        raise bad_choice("smoke", study_level["smoke"], ["true", "false"])
+    launcher = launcher_config(study_level.get("launcher", "local"), launcher_overrides)
+    base = [*study.overrides, *(study.smoke if smoke else [])]
+    runs: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    for point in study.blocks():
+        # one composition per grid point (Hydra composes in ~0.3 s); the seeds differ only in the
+        # top-level `seed` (no config interpolates it; tests/test_study.py checks the equivalence)
+        composed = to_container(compose([*base, *point, f"study={name}", *run_overrides]))
+        for seed in seeds:
+            config = {**copy.deepcopy(composed), "seed": seed}
+            validate_config(config)
+            path = RunRecord.for_config(config).path
+            if path in seen:  # two grid points that resolve to the same run (e.g. p for plain)
+                continue
+            seen.add(path)
+            runs.append(config)
+    study_name = runs[0]["study"] if runs else name
+    return Plan(study=study, name=study_name, runs=runs, launcher=launcher)
+
+
+def run_one(config: Mapping[str, Any]) -> str:
+    """Train one run of a study (skipped if complete); returns the record path.
+
+    Module-level so SLURM jobs (submitit pickles it) call the same code as the local launcher.
+    """
+    from dropens.train import train
+
+    return str(train(config).path)
+
+
+def describe(plan: Plan) -> str:
+    """One line per run: state and run id."""
+    lines = [f"study {plan.name}: {len(plan.runs)} runs, {len(plan.pending())} to train"]
+    for i, record in enumerate(plan.records(), 1):
+        state = "done   " if record.done else "pending"
+        lines.append(f"  [{i:>3}/{len(plan.runs)}] {state} {record.path.name}")
+    return "\n".join(lines)
+
+
+def results_dir(plan: Plan) -> Path:
+    return Path(plan.runs[0]["results_root"]) / plan.name if plan.runs else Path()
+
+
+def summary_line(record: RunRecord) -> str:
+    """``acc 0.955 nll 0.143`` of a record's deterministic (or members) row, for progress output."""
+    metrics = record.metrics()
+    for label in ("deterministic", "members"):
+        acc = metrics.get(f"test/clean/{label}/acc")
+        if acc is not None:
+            return f"{label} acc {acc:.4f} nll {metrics[f'test/clean/{label}/nll']:.4f}"
+    return ""
