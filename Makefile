@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 main: setup  ## the main job (README): the quickstart study (12 runs) and its report
-	$(VENV)/dropens study quickstart
+	$(VENV)/dropens study quickstart launcher.workers=2
 	$(VENV)/dropens report quickstart
 
 test: setup  ## lint + the default (fast) test suite

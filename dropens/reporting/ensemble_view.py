@@ -327,8 +327,10 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                     and ens[c].notna().any()
                 }
             )
-            if ms:
-                s = [seed_stats(ens[f"test/clean/members@{k}/{m}"]) for k in ms]
+            if ms:  # the first m members, then all K (the `members` row)
+                cols = [f"test/clean/members@{k}/{m}" for k in ms] + [f"test/clean/members/{m}"]
+                ms = [*ms, int(ens["cfg.method.k"].iloc[0])]
+                s = [seed_stats(ens[c]) for c in cols]
                 band(
                     ax,
                     np.array(ms),
@@ -336,7 +338,17 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                     color=PALETTE["ensemble"],
                     label="first m of 4 independent nets",
                 )
+            if not (ts or ks or ms):
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no complete runs yet",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
             ax.set_xscale("log", base=2)
+            ax.set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
             ax.set_xlabel("members averaged (T, K or m)")
             ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
             ax.grid(alpha=0.3)
@@ -395,7 +407,9 @@ def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                 fmt=marker,
                 color=color,
                 capsize=3,
-                label=label if kind != "subnets" or k == 2 else None,
+                label=("subnets (K marked)" if kind == "subnets" else label)
+                if kind != "subnets" or k == 2
+                else None,
                 ms=6,
             )
             if k is not None:

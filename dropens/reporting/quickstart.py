@@ -235,7 +235,7 @@ def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
     metrics = [
         ("mi", "mutual information (nats)"),
         ("disagreement", "disagreement with the average"),
-        ("ensemble_gain", "ensemble gain (nats): member NLL - ensemble NLL"),
+        ("ensemble_gain", "ensemble gain (nats)"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (m, label) in zip(axes, metrics):

@@ -1,0 +1,66 @@
+"""`dropens report`: figures, tables and the REPORT.md section from real (tiny) study records."""
+
+from __future__ import annotations
+
+import pytest
+
+from dropens.cli import main
+from dropens.errors import ConfigError
+from dropens.reporting import build_report
+from dropens.reporting.common import seed_stats
+from dropens.results import RunRecord
+from dropens.study import expand
+
+OVERRIDES = ["smoke=true", "seeds=[0,1]", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    assert main(["study", "quickstart", *OVERRIDES, f"results_root={root}"]) == 0
+    return root
+
+
+def test_report_writes_figures_tables_and_section(study_root, tmp_path, capsys):
+    overrides = [*OVERRIDES, f"results_root={study_root}"]
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "quickstart" / "finding.md").write_text("A finding written from the numbers.")
+    out = build_report("quickstart", overrides, reports_root=tmp_path)
+    for stem in ("mc_curve", "reliability", "diversity", "magnitude"):
+        assert (out / f"{stem}.png").stat().st_size > 10_000 and (out / f"{stem}.pdf").exists()
+    assert "| method |" in (out / "summary.md").read_text()
+    report = (tmp_path / "REPORT.md").read_text()
+    assert report.count("<!-- BEGIN study:quickstart -->") == 1
+    assert "A finding written from the numbers." in report and "seeds [0, 1]" in report
+    assert "dropens report quickstart" in report
+    # regenerating replaces the section instead of appending a second one
+    build_report("quickstart", overrides, reports_root=tmp_path)
+    assert (tmp_path / "REPORT.md").read_text().count("<!-- BEGIN study:quickstart -->") == 1
+    assert "8 of 8 runs complete, 0 incomplete, 0 missing" in capsys.readouterr().out
+
+
+def test_incomplete_and_missing_runs_are_listed_not_used(study_root, tmp_path, capsys):
+    overrides = [*OVERRIDES, f"results_root={study_root}"]
+    record = expand("quickstart", overrides).records()[0]
+    done = (record.path / "DONE").read_bytes()
+    (record.path / "DONE").unlink()
+    try:
+        build_report("quickstart", [*overrides, "seeds=[0,1,2]"], reports_root=tmp_path)
+    finally:
+        (record.path / "DONE").write_bytes(done)
+    out = capsys.readouterr().out
+    assert "7 of 12 runs complete, 1 incomplete, 4 missing" in out
+    assert f"incomplete (not used): {record.path.name}" in out
+    runs = (tmp_path / "quickstart" / "runs.csv").read_text()
+    assert record.path.name not in runs and RunRecord(record.path).config()
+
+
+def test_report_without_records_is_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="no complete run record"):
+        build_report("quickstart", [f"results_root={tmp_path}"], reports_root=tmp_path / "r")
+
+
+def test_seed_stats_interval_is_the_t_interval():
+    s = seed_stats([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975,2} = 4.303
+    assert s["mean"] == 2.0 and abs(s["ci_high"] - (2 + 4.3027 / 3**0.5)) < 1e-3
+    assert seed_stats([0.5])["n"] == 1 and seed_stats([])["n"] == 0
