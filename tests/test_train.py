@@ -163,6 +163,12 @@ def test_wandb_offline_run_read_back_with_wandb_reader(tmp_path, monkeypatch):
     final = record.metrics()["test/clean/mc4/acc"]
     flat = _find_key(summary, "test/clean/mc4/acc")
     assert flat is not None and abs(float(flat) - final) < 1e-6
+    # per-run figures and the predictions table (tracking.log_run_figures)
+    for key in ("figures/reliability", "figures/mc_curve", "predictions"):
+        item = _find_key(summary, key)
+        assert item is not None, key
+    assert _find_key(summary, "figures/reliability")["_type"] == "image-file"
+    assert _find_key(summary, "predictions")["_type"] == "table-file"
 
 
 def _find_key(node, key):
