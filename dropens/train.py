@@ -176,6 +176,10 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         default_root_dir=str(record.path),
     )
     trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
+    # Lightning moves the module back to the CPU when fit ends: evaluate (MC, members, exhaustive:
+    # the expensive part on a GPU run) on the device it trained on (inputs follow the model)
+    device = trainer.strategy.root_device
+    method.to(device)
     eval_sets = prep.datamodule.eval_sets()
     metrics, arrays = evaluate(
         method.backbone,
@@ -201,7 +205,7 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         "torch": torch.__version__,
         "lightning": L.__version__,
         "host": platform.node(),
-        "device": str(next(method.parameters()).device),
+        "device": str(device),
     }
     record.write_json("run.json", info)
     record.finish(info)

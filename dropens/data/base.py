@@ -137,10 +137,16 @@ class TensorDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         augment: str | None = None,
+        eval_limit: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = resolve_root(root)
+        # only the first `eval_limit` test examples (tiny smoke forms of studies: `+data.eval_limit=256`;
+        # absent from the data configs so that ordinary run ids do not change)
+        self.eval_limit = (
+            None if eval_limit is None else _check_positive_int("data.eval_limit", eval_limit)
+        )
         self.batch_size = _check_positive_int("data.batch_size", batch_size)
         self.eval_batch_size = _check_positive_int("data.eval_batch_size", eval_batch_size)
         self.val_fraction = check_fraction("data.val_fraction", val_fraction)
@@ -251,7 +257,10 @@ class TensorDataModule(L.LightningDataModule):
     def eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Named ``(x, y)`` evaluation sets: ``clean`` is the test set; studies add shifted ones."""
         self._require_setup()
-        return {"clean": (self.x_test, self.y_test)}
+        if self.eval_limit is None:
+            return {"clean": (self.x_test, self.y_test)}
+        n = self.eval_limit
+        return {"clean": (self.x_test[:n], self.y_test[:n])}
 
     def _require_setup(self) -> None:
         if self.x_train is None:
