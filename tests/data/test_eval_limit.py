@@ -21,7 +21,7 @@ def test_eval_limit_keeps_the_first_test_examples():
 
 
 def test_eval_limit_is_validated_and_absent_from_ordinary_run_ids():
-    with pytest.raises(ConfigError, match="data.eval_limit"):
+    with pytest.raises(ConfigError, match=r"data\.eval_limit"):
         build_datamodule({**to_container(compose([]))["data"], "eval_limit": 0})
     plain = to_container(compose([]))
     assert "eval_limit" not in plain["data"]  # ordinary configs (and their run ids) do not carry it
