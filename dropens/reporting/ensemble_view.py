@@ -481,8 +481,9 @@ def _exhaustive(exh: pd.DataFrame, out_dir: Path, section: Section) -> str:
         ss = [
             seed_stats(exh[f"test/clean/{s}/{m}"]) for s, _ in bars if f"test/clean/{s}/{m}" in exh
         ]
-        lo = np.nanmin([min(x["ci_low"], x["mean"]) for x in ss])
-        hi = np.nanmax([max(x["ci_high"], x["mean"]) for x in ss])
+        # with one seed there is no interval (NaN): the limits then come from the means
+        lo = np.nanmin([v for x in ss for v in (x["ci_low"], x["mean"])])
+        hi = np.nanmax([v for x in ss for v in (x["ci_high"], x["mean"])])
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
     fig.suptitle(
         "Exhaustive average over all 4096 subnetworks vs weight scaling and MC (bars: mean, 95% CI; dots: seeds)",
