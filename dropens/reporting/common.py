@@ -74,6 +74,14 @@ def summarize_groups(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]
     return pd.DataFrame(rows)
 
 
+def ci_yerr(s: dict[str, float]) -> list[list[float]] | None:
+    """Matplotlib ``yerr``/``xerr`` of a :func:`seed_stats` result: ``[[mean - lo], [hi - mean]]``
+    (``None`` without an interval, e.g. one seed)."""
+    if not np.isfinite(s["ci_low"]):
+        return None
+    return [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
+
+
 def fmt_ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
     """``0.955 [0.945, 0.965]`` (or just the mean when there is no interval)."""
     if not np.isfinite(mean):

@@ -28,6 +28,7 @@ from dropens.reporting.common import (
     Section,
     band,
     ci_cell,
+    ci_yerr,
     fmt_ci,
     hline_ci,
     save_figure,
@@ -247,11 +248,7 @@ def _decomposition(df: pd.DataFrame, panels: list, out_dir: Path, section: Secti
             }
             for i, (name, diffs) in enumerate(parts.items()):
                 s = seed_stats(diffs)
-                err = (
-                    [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
-                    if np.isfinite(s["ci_low"])
-                    else None
-                )
+                err = ci_yerr(s)
                 ax.bar(
                     j + (i - 1) * width,
                     s["mean"],
@@ -389,16 +386,8 @@ def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                 continue
             x = seed_stats(rows[f"test/clean/{strategy}/disagreement"])
             y = seed_stats(rows[f"test/clean/{strategy}/member_acc"])
-            xerr = (
-                [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]]
-                if np.isfinite(x["ci_low"])
-                else None
-            )
-            yerr = (
-                [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]]
-                if np.isfinite(y["ci_low"])
-                else None
-            )
+            xerr = ci_yerr(x)
+            yerr = ci_yerr(y)
             ax.errorbar(
                 x["mean"],
                 y["mean"],
@@ -450,11 +439,7 @@ def _exhaustive(exh: pd.DataFrame, out_dir: Path, section: Section) -> str:
                 if f"test/clean/{strategy}/{m}" in exh
                 else seed_stats([])
             )
-            err = (
-                [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
-                if np.isfinite(s["ci_low"])
-                else None
-            )
+            err = ci_yerr(s)
             ax.bar(
                 i,
                 s["mean"],

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from dropens.reporting.common import seed_stats
+from dropens.reporting.common import ci_yerr, seed_stats
 from dropens.results import RunRecord
 
 RUN_COLUMNS = {
@@ -49,11 +49,7 @@ def plot_signal_ratios(ax: plt.Axes, mags: pd.DataFrame) -> None:
     ):
         for i, layer in enumerate(layers):
             s = seed_stats(rows.loc[rows["layer"] == layer, col])
-            err = (
-                [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
-                if np.isfinite(s["ci_low"])
-                else None
-            )
+            err = ci_yerr(s)
             ax.bar(
                 i + (j - 1) * width,
                 s["mean"],

@@ -24,6 +24,7 @@ from dropens.reporting.common import (
     Section,
     band,
     ci_cell,
+    ci_yerr,
     fmt_ci,
     hline_ci,
     require_columns,
@@ -242,11 +243,7 @@ def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
         for i, (method, strategy, name) in enumerate(groups):
             vals = long.loc[(long["method"] == method) & (long["strategy"] == strategy), m]
             s = seed_stats(vals)
-            err = (
-                [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]]
-                if np.isfinite(s["ci_low"])
-                else None
-            )
+            err = ci_yerr(s)
             ax.bar(
                 i,
                 s["mean"],
