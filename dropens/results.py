@@ -73,7 +73,7 @@ def uses_dropout(config: Mapping[str, Any]) -> bool:
 
 
 def default_run_id(config: Mapping[str, Any]) -> str:
-    """Readable, unique run id: ``<method>-<model>-<data>-p<p>[-<dist>-<structure>]-s<seed>-<hash>``."""
+    """Readable, unique run id: ``<method>-<model>-<data>[-rho<rho>]-p<p>[-<dist>-<structure>]-s<seed>-<hash>``."""
     method, dropout = config["method"], config["dropout"]
     parts = [method["name"]]
     if "k" in method:
@@ -83,6 +83,8 @@ def default_run_id(config: Mapping[str, Any]) -> str:
     if method.get("objective", "member") != "member":
         parts.append(f"{method['objective']}-objective")
     parts += [config["model"]["name"], config["data"]["name"]]
+    if "rho" in config["data"]:  # shortcut data: the cue-label agreement rate
+        parts.append(f"rho{config['data']['rho']}")
     if uses_dropout(config):
         parts.append(f"p{dropout['p']}")
         if dropout["dist"] != "bernoulli":

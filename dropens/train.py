@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
+from torch import Tensor, nn
 
 from dropens import control, tracking
 from dropens.data import build_datamodule
@@ -30,6 +30,7 @@ from dropens.errors import ConfigError
 from dropens.evaluation import evaluate, magnitudes, mc_sizes
 from dropens.masks import validate_spec
 from dropens.methods import Method, method_class
+from dropens.metrics.shortcut import occlusion_map, pair_metrics
 from dropens.results import RunRecord
 
 
@@ -96,10 +97,47 @@ def validate_config(config: Mapping[str, Any]) -> None:
     cls.validate(config)
     eval_cfg = config["eval"]
     mc_sizes(eval_cfg)
+    occlusion = eval_cfg.get("occlusion")
+    if occlusion not in (None, False, True) and not isinstance(occlusion, Mapping):
+        raise ConfigError(
+            f"eval.occlusion={occlusion!r} is not valid; use true, false or a mapping with "
+            f"fields {', '.join(OCCLUSION_FIELDS)}"
+        )
+    for key, value in occlusion.items() if isinstance(occlusion, Mapping) else ():
+        if key not in OCCLUSION_FIELDS:
+            raise ConfigError(
+                f"eval.occlusion.{key} is not a field; valid fields: {', '.join(OCCLUSION_FIELDS)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"eval.occlusion.{key}={value!r} is not valid; must be an integer >= 1"
+            )
     if config["trainer"].get("max_steps", -1) in (None, 0):
         raise ConfigError(
             "trainer.max_steps=0 trains nothing; choose a positive number (or -1 with max_epochs)"
         )
+
+
+def select_eval_sets(
+    datamodule: Any, names: Sequence[str], data_name: str
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The eval sets named by ``eval.sets`` (``all``: every set the data module provides), in the
+    data module's order (``clean``, the test set, first).
+
+    Raises:
+        ConfigError: a name the data module does not provide (one line, with the valid choices).
+    """
+    available = datamodule.eval_sets()
+    names = list(names)
+    if "all" in names:
+        return dict(available)
+    missing = [s for s in names if s not in available]
+    if missing or not names:
+        raise ConfigError(
+            f"eval.sets={missing or names} not provided by data.name={data_name!r}; "
+            f"choose from: {', '.join(['all', *available])}"
+        )
+    return {k: v for k, v in available.items() if k in names}
 
 
 def prepare(config: Mapping[str, Any]) -> Prepared:
@@ -117,18 +155,58 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     datamodule = build_datamodule(config["data"], seed=int(config["seed"]))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    missing = [s for s in eval_cfg["sets"] if s not in datamodule.eval_sets()]
-    if missing:
-        raise ConfigError(
-            f"eval.sets={missing} not provided by data.name={config['data']['name']!r}; "
-            f"choose from: {', '.join(datamodule.eval_sets())}"
-        )
+    select_eval_sets(datamodule, eval_cfg["sets"], config["data"]["name"])  # fail before training
     backbone = cls.build_backbone(config, datamodule.input_shape, datamodule.n_classes)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     datamodule.drop_last_train = has_bn and len(datamodule.x_train) % datamodule.batch_size == 1
     _dry_run(backbone, datamodule.x_train[:2])
     method = cls(backbone, config)
     return Prepared(config, RunRecord.for_config(config), datamodule, method)
+
+
+def cue_metrics(
+    datamodule: Any,
+    eval_sets: Mapping[str, Any],
+    arrays: Mapping[str, Tensor],
+    eval_cfg: Mapping[str, Any],
+) -> dict[str, float]:
+    """Flip rates and group accuracies of the data module's counterfactual pairs (e.g. the
+    ``teeth_on``/``teeth_off`` sets of ``faces``) that were evaluated; ``{}`` for other data."""
+    pairs = {
+        name: (on, off)
+        for name, (on, off) in getattr(datamodule, "counterfactual_pairs", {}).items()
+        if on in eval_sets and off in eval_sets
+    }
+    if not pairs:
+        return {}
+    return pair_metrics(arrays, pairs, datamodule.class_names, int(eval_cfg["mc_samples"]))
+
+
+OCCLUSION_FIELDS = {"patch": 8, "stride": 4, "n": 500}
+
+
+def occlusion_record(
+    backbone: nn.Module,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    strategies: Sequence[str],
+    cfg: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``occlusion.json`` record (``eval.occlusion: {patch, stride, n}``): the occlusion
+    sensitivity map (:func:`dropens.metrics.shortcut.occlusion_map`) of the first ``n`` examples
+    of the first eval set, for the deterministic pass (the members' average for an ensemble)."""
+    opts = {**OCCLUSION_FIELDS, **dict(cfg if isinstance(cfg, Mapping) else {})}
+    name, (x, y) = next(iter(eval_sets.items()))
+    strategy = "deterministic" if "deterministic" in strategies else "members"
+    n = int(opts["n"])
+    drop = occlusion_map(backbone, x[:n], y[:n], strategy, int(opts["patch"]), int(opts["stride"]))
+    return {
+        "eval_set": name,
+        "strategy": strategy,
+        "n_examples": min(n, len(x)),
+        "patch": int(opts["patch"]),
+        "stride": int(opts["stride"]),
+        "map": drop.tolist(),
+    }
 
 
 def _git(*args: str) -> str | None:
@@ -180,7 +258,7 @@ def fit_and_record(prep: Prepared) -> RunRecord:
     # the expensive part on a GPU run) on the device it trained on (inputs follow the model)
     device = trainer.strategy.root_device
     method.to(device)
-    eval_sets = prep.datamodule.eval_sets()
+    eval_sets = select_eval_sets(prep.datamodule, config["eval"]["sets"], config["data"]["name"])
     metrics, arrays = evaluate(
         method.backbone,
         eval_sets,
@@ -189,7 +267,14 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         train_x=prep.datamodule.x_train,
         train_batch_size=prep.datamodule.batch_size,
     )
+    metrics.update(cue_metrics(prep.datamodule, eval_sets, arrays, config["eval"]))
     record.write_json("metrics.json", metrics)
+    occlusion = config["eval"].get("occlusion")
+    if occlusion:
+        record.write_json(
+            "occlusion.json",
+            occlusion_record(method.backbone, eval_sets, method.eval_strategies, occlusion),
+        )
     if config["eval"].get("save_predictions", True):
         record.write_predictions(arrays)
     # after metrics.json; a forked RNG seeded by the run's seed, so it is reproducible too

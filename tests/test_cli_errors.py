@@ -45,6 +45,17 @@ CASES = {
         ["model.dropout_sites=[attention]"],
         ["model.dropout_sites", "attention", "conv"],
     ),
+    "unknown_eval_set": (["eval.sets=[clean,rotated]"], ["eval.sets=['rotated']", "all", "clean"]),
+    "occlusion_unknown_field": (["+eval.occlusion={size:4}"], ["eval.occlusion.size", "patch"]),
+    "occlusion_bad_value": (["+eval.occlusion={patch:0}"], ["eval.occlusion.patch=0", ">= 1"]),
+    "faces_rho_above_one": (
+        ["data=faces", "model=cnn2d", "data.rho=1.5"],
+        ["data.rho=1.5", "[0, 1]"],
+    ),
+    "faces_size_too_small": (
+        ["data=faces", "model=cnn2d", "data.size=8"],
+        ["data.size=8", ">= 16"],
+    ),
     "missing_fashion_files": (
         [
             "data=fashion_mnist",

