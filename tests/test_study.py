@@ -146,3 +146,47 @@ def test_seed_copies_equal_a_fresh_composition(tmp_path):
         )
     )
     assert config == fresh
+
+
+def _live_children(pid: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose parent is ``pid`` (Linux ``/proc``)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killing_the_study_process_kills_its_workers(tmp_path):
+    """A worker must not outlive `dropens study`: an orphan would keep training a run that the next
+    `dropens study` starts again beside it, two processes writing one record."""
+    args = [_dropens(), "study", "quickstart", *TINY, "seeds=[0]", f"results_root={tmp_path}"]
+    proc = subprocess.Popen(
+        [*args, "launcher.workers=2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.glob("quickstart/*/config.yaml")):
+        time.sleep(0.2)  # a worker has started a run
+    workers = _live_children(proc.pid)
+    assert len(workers) >= 2, workers  # the two workers (+ multiprocessing's resource tracker)
+    proc.kill()  # the study process only, not its process group
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 import traceback
 
@@ -60,6 +63,21 @@ def launch_local(plan: Plan) -> int:
     return 0 if done == total else 1
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel kills this worker when the study process dies (Linux
+    ``PR_SET_PDEATHSIG``), so killing ``dropens study`` leaves no orphan training a run that the next
+    ``dropens study`` would start again beside it. The killed run has no ``DONE`` and resumes from
+    its last checkpoint. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    if os.getppid() != parent:  # the study died before the request was registered
+        os._exit(1)
+
+
 def _launch_pool(pending: list[dict], workers: int) -> list[str]:
     """Train ``pending`` on ``workers`` spawned processes; returns the ids of the runs that failed."""
     import multiprocessing as mp
@@ -69,7 +87,12 @@ def _launch_pool(pending: list[dict], workers: int) -> list[str]:
     configs = [
         {**c, "trainer": {**c["trainer"], "enable_progress_bar": False}} for c in pending
     ]  # interleaved bars are unreadable; placement setting, the run id is unchanged
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = {pool.submit(run_one, c): RunRecord.for_config(c) for c in configs}
         for i, future in enumerate(as_completed(futures), 1):
             record = futures[future]
