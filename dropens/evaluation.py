@@ -28,6 +28,26 @@ metric dict of the run record (keys ``test/<set>/<label>/<metric>``) and the mem
   ``<set>/bn_recomputed`` ``[1, N, C]``. Needs ``train_x``; skipped (no keys) when the backbone has
   no BatchNorm with running statistics or no dropout layer with ``p > 0``.
 
+Dataset shift (the ``shift`` study; Ovadia et al. 2019), both off unless configured:
+
+- ``eval.temperature_scaling: true`` (absent from ``configs/train.yaml``, so ordinary run ids do not
+  change; studies add ``+eval.temperature_scaling=true``): one temperature ``T > 0`` per label
+  ``deterministic``, ``mc<eval.mc_samples>`` and ``members`` is fitted by minimizing the NLL on the
+  eval set ``val`` (the clean validation split, ``+data.eval_val=true``) and applied to every eval
+  set: labels ``<label>_ts`` (e.g. ``test/rotate_3/deterministic_ts/ece``) with the usual scalars
+  of the one scaled prediction, plus ``temperature``. An averaged prediction (MC, members) is
+  scaled as one classifier, *after* averaging: ``softmax(log p̄ / T)`` with ``p̄`` the mean of the
+  member probabilities (:func:`dropens.metrics.calibration.fit_temperature`), as Rahaman & Thiery
+  (2021) recommend for deep ensembles (Ashukha et al. 2020: compare ensembles only after
+  temperature scaling). Scaling each member's logits before averaging would be the other choice; it
+  also changes the members and their diversity. No stored arrays.
+- an eval set named ``ood`` (``+data.eval_ood=mnist5k``) is out-of-distribution: its labels are
+  never scored (no accuracy/NLL rows); instead ``test/ood/<label>/auroc_<score>`` is the AUROC of
+  separating ``clean`` (positive) from ``ood`` by ``maxprob``, ``entropy`` (negated predictive
+  entropy) and ``mi`` (negated mutual information, ensembles only)
+  (:func:`dropens.metrics.calibration.ood_scores`), for the labels above and their ``_ts`` versions
+  (``maxprob`` and ``entropy``: a scaled prediction has no members).
+
 MC curves are nested: the predictions for ``T`` samples are the first ``T`` of one run of ``max(T)``
 samples, so the curve over T is one trajectory (as in Srivastava et al. 2014, Fig. 11) and costs one
 batched pass. The ``mc`` rows also hold ``member_acc`` / ``member_nll``: the mean single-sample
@@ -49,6 +69,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from dropens import control
 from dropens.errors import ConfigError, check_choice
 from dropens.inference import Predictions, geometric_from_logprobs, predict
+from dropens.metrics._common import safe_log
+from dropens.metrics.calibration import apply_temperature, fit_temperature, ood_auroc, ood_scores
 from dropens.metrics.magnitude import record_train_eval
 from dropens.metrics.summary import prediction_metrics
 
@@ -57,6 +79,30 @@ EVAL_STRATEGIES = ("deterministic", "mc", "members", "ws_off", "ws_on", "bn_reco
 WS_PROBES = {"ws_off": "one", "ws_on": "keep"}
 BN_BATCH_SIZE = 128  # rows per forward of recompute_bn when no training batch size is given
 MAGNITUDE_EXAMPLES = 512  # examples of the magnitudes record: cheap, and enough for pooled moments
+FIT_SET = "val"  # the eval set temperature scaling is fitted on
+IN_SET, OOD_SET = "clean", "ood"  # in- and out-of-distribution sets of the OOD AUROC
+
+
+def check_temperature_scaling(eval_cfg: Mapping[str, Any], set_names: Sequence[str]) -> bool:
+    """Whether ``eval.temperature_scaling`` is on; raises if it is not a bool or its fit set is absent.
+
+    Args:
+        set_names: the eval sets that will be evaluated.
+
+    Raises:
+        ConfigError: one line naming the field and what to add.
+    """
+    value = eval_cfg.get("temperature_scaling", False)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"eval.temperature_scaling={value!r} is not valid; choose one of: true, false"
+        )
+    if value and FIT_SET not in set_names:
+        raise ConfigError(
+            f"eval.temperature_scaling=true fits on eval set {FIT_SET!r}, which is not among "
+            f"{list(set_names)}; add +data.eval_val=true and {FIT_SET} (or all) to eval.sets"
+        )
+    return value
 
 
 def mc_sizes(eval_cfg: Mapping[str, Any]) -> list[int]:
@@ -212,7 +258,8 @@ def evaluate(
 
     Args:
         eval_sets: ``{name: (x [N, *input_shape], y [N])}``.
-        eval_cfg: the ``eval`` config node (mc_samples, mc_curve, n_bins, memory_budget_mb).
+        eval_cfg: the ``eval`` config node (mc_samples, mc_curve, n_bins, memory_budget_mb,
+            optional exhaustive and temperature_scaling).
         strategies: a subset of :data:`EVAL_STRATEGIES` (what each records: module docstring).
         train_x: ``[N_train, *input_shape]`` training inputs (``bn_recomputed`` only).
         train_batch_size: rows per forward of ``bn_recomputed`` (:func:`recompute_bn`).
@@ -222,7 +269,8 @@ def evaluate(
         ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}``.
 
     Raises:
-        ConfigError: an unknown strategy, or ``bn_recomputed`` applicable without ``train_x``.
+        ConfigError: an unknown strategy, ``bn_recomputed`` applicable without ``train_x``, or
+            ``eval.temperature_scaling`` without the eval set ``val``.
     """
     for strategy in strategies:
         check_choice("eval strategy", strategy, EVAL_STRATEGIES)
@@ -235,11 +283,18 @@ def evaluate(
                 "eval strategy 'bn_recomputed' needs the training inputs: pass train_x to evaluate"
             )
         recomputed = recompute_bn(backbone, train_x, train_batch_size)
+    ts_on = check_temperature_scaling(eval_cfg, list(eval_sets))
     budget, n_bins = eval_cfg["memory_budget_mb"], eval_cfg["n_bins"]
     metrics: dict[str, float] = {}
     arrays: dict[str, Tensor] = {}
+    # per set, the predictions of the calibrated / OOD-scored labels: label -> [M, N, C] log-probs
+    # (kept only when needed: MC log-probabilities of a large test set are big)
+    scored: dict[str, dict[str, Tensor]] = {}
+    keep_scored = ts_on or OOD_SET in eval_sets
 
     def record(label: str, preds: Predictions, y: Tensor) -> dict[str, float]:
+        if label.split("/")[0] == OOD_SET:  # out-of-distribution: its labels are not ours
+            return {}
         values = prediction_metrics(preds.member_probs, y, aggregate=preds.aggregate, n_bins=n_bins)
         _put(metrics, f"{stage}/{label}", values)
         return values
@@ -247,9 +302,11 @@ def evaluate(
     for name, (x, y) in eval_sets.items():
         y = y.cpu()
         arrays[f"labels/{name}"] = y
+        keep = scored.setdefault(name, {}) if keep_scored else {}
         if "deterministic" in strategies:
-            det = predict(backbone, x, "deterministic", memory_budget_mb=budget)
+            det = predict(backbone, x, "deterministic", memory_budget_mb=budget, keep_logprobs=True)
             arrays[f"{name}/deterministic"] = det.member_probs
+            keep["deterministic"] = det.member_logprobs
             record(f"{name}/deterministic", det, y)
         for probe in ws_probes:
             with control.eval_multiplier(backbone, WS_PROBES[probe]):
@@ -271,7 +328,9 @@ def evaluate(
             )
             probs = members.member_probs
             arrays[f"{name}/members"] = probs
+            keep["members"] = members.member_logprobs
             mean_row = record(f"{name}/members", members, y)
+        if "members" in strategies and name != OOD_SET:
             # The geometric aggregate from log-probabilities (stored probabilities underflow); its
             # member-level rows are those of `members`, its ensemble gain is against its own NLL.
             geometric = geometric_from_logprobs(members.member_logprobs).unsqueeze(0)
@@ -289,7 +348,7 @@ def evaluate(
             while m < len(probs):
                 record(f"{name}/members@{m}", Predictions(probs[:m], "mean", "members"), y)
                 m *= 2
-        if eval_cfg.get("exhaustive", False):
+        if eval_cfg.get("exhaustive", False) and name != OOD_SET:
             # every mask of the network, weighted by its probability (Warde-Farley et al. 2014)
             ex = predict(backbone, x, "exhaustive", memory_budget_mb=budget, keep_logprobs=True)
             _put(
@@ -307,9 +366,66 @@ def evaluate(
             sizes = mc_sizes(eval_cfg)
             mc = predict(backbone, x, "mc", samples=max(sizes), memory_budget_mb=budget)
             arrays[f"{name}/mc"] = mc.member_probs
+            if keep_scored:
+                t_head = int(eval_cfg["mc_samples"])
+                keep[f"mc{t_head}"] = safe_log(mc.member_probs[:t_head])
             for t in sizes:
                 record(f"{name}/mc{t}", Predictions(mc.member_probs[:t], "mean", "mc"), y)
+    if ts_on:
+        _temperature_scaled(metrics, scored, eval_sets, stage, n_bins)
+    if IN_SET in scored and OOD_SET in scored:
+        _ood_aurocs(metrics, scored, stage)
     return metrics, arrays
+
+
+def _temperature_scaled(
+    metrics: dict[str, float],
+    scored: Mapping[str, Mapping[str, Tensor]],
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    stage: str,
+    n_bins: int,
+) -> None:
+    """Fit one temperature per label on :data:`FIT_SET`, apply it to every set (labels ``<label>_ts``).
+
+    ``scored[set][label]``: ``[M, N, C]`` log-probabilities; the scaled prediction of an ``M > 1``
+    label is ``softmax(log mean_m p_m / T)`` (:func:`fit_temperature`). Scaled ``[N, C]``
+    probabilities of every set are kept in ``scored[set]["<label>_ts"]`` (as ``[1, N, C]``
+    log-probabilities) for the OOD scores.
+    """
+    y_fit = eval_sets[FIT_SET][1].cpu()
+    for label, fit_logp in list(scored[FIT_SET].items()):
+        temperature = fit_temperature(_one_or_members(fit_logp), y_fit)
+        for name, labels in scored.items():
+            if label not in labels:
+                continue
+            probs = apply_temperature(_one_or_members(labels[label]), temperature)
+            labels[f"{label}_ts"] = safe_log(probs).unsqueeze(0)  # type: ignore[index]
+            if name == OOD_SET:
+                continue
+            row = prediction_metrics(probs.unsqueeze(0), eval_sets[name][1].cpu(), n_bins=n_bins)
+            row["temperature"] = temperature
+            _put(metrics, f"{stage}/{name}/{label}_ts", row)
+
+
+def _one_or_members(logp: Tensor) -> Tensor:
+    """``[N, C]`` for one member (its log-probabilities are logits), else ``[M, N, C]``."""
+    return logp[0] if logp.shape[0] == 1 else logp
+
+
+def _ood_aurocs(
+    metrics: dict[str, float], scored: Mapping[str, Mapping[str, Tensor]], stage: str
+) -> None:
+    """``<stage>/ood/<label>/auroc_<score>``: :data:`IN_SET` (positive) vs :data:`OOD_SET`."""
+    for label, logp_out in scored[OOD_SET].items():
+        if label not in scored[IN_SET]:
+            continue
+        s_in = ood_scores(scored[IN_SET][label].exp())
+        s_out = ood_scores(logp_out.exp())
+        keys = ("maxprob", "entropy", "mi") if logp_out.shape[0] > 1 else ("maxprob", "entropy")
+        for key in keys:
+            metrics[f"{stage}/{OOD_SET}/{label}/auroc_{key}"] = float(
+                ood_auroc(s_in[key], s_out[key])
+            )
 
 
 def _put(out: dict[str, float], prefix: str, values: Mapping[str, float]) -> None:

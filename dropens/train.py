@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from dropens import control, tracking
 from dropens.data import build_datamodule
 from dropens.errors import ConfigError
-from dropens.evaluation import evaluate, magnitudes, mc_sizes
+from dropens.evaluation import check_temperature_scaling, evaluate, magnitudes, mc_sizes
 from dropens.masks import validate_spec
 from dropens.methods import Method, method_class
 from dropens.metrics.shortcut import occlusion_map, pair_metrics
@@ -155,7 +155,9 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     datamodule = build_datamodule(config["data"], seed=int(config["seed"]))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    select_eval_sets(datamodule, eval_cfg["sets"], config["data"]["name"])  # fail before training
+    # fail before training: unknown eval sets, temperature scaling without its fit set
+    sets = select_eval_sets(datamodule, eval_cfg["sets"], config["data"]["name"])
+    check_temperature_scaling(eval_cfg, list(sets))
     backbone = cls.build_backbone(config, datamodule.input_shape, datamodule.n_classes)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     datamodule.drop_last_train = has_bn and len(datamodule.x_train) % datamodule.batch_size == 1

@@ -56,6 +56,10 @@ CASES = {
         ["data=faces", "model=cnn2d", "data.size=8"],
         ["data.size=8", ">= 16"],
     ),
+    "temperature_scaling_without_val": (
+        ["+eval.temperature_scaling=true"],
+        ["eval.temperature_scaling=true", "+data.eval_val=true"],
+    ),
     "missing_fashion_files": (
         [
             "data=fashion_mnist",

@@ -10,7 +10,21 @@ vary. The training seed only drives the order of training batches (and augmentat
 Preprocessing. Inputs are float32 ``(N, *input_shape)``, channels first; where standard they
 are standardized per channel with the mean/std of the final training split (after the
 validation examples are removed). ``normalize`` applies the same map to new raw inputs (e.g.
-corrupted test images). Labels are int64.
+corrupted test images), ``denormalize`` inverts it. Labels are int64.
+
+Eval sets. ``eval_sets()`` names the sets a trained model is evaluated on: ``clean`` (the test
+set) and, when configured (fields absent from the data configs, so ordinary run ids do not
+change; studies add them with ``+data.<field>=...``):
+
+- ``eval_val: true``: ``val``, the validation split (temperature scaling is fitted on it,
+  :func:`dropens.evaluation.evaluate`);
+- ``eval_shift: [rotate, ...]`` (or ``all``): ``<corruption>_<severity>`` for severities 1..5,
+  the raw test images corrupted on the fly (:mod:`dropens.data.shift`), then normalized;
+- ``eval_ood: <data name>``: ``ood``, the test split of another data set with the same input
+  shape (e.g. ``mnist5k`` for Fashion-MNIST), normalized with *this* set's statistics; its labels
+  are its own classes, never scored.
+
+``eval_limit: n`` keeps the first ``n`` examples of every one of them.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,11 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dropens.data import shift
 from dropens.data.loader import AUGMENTATIONS, TensorLoader
-from dropens.errors import ConfigError, check_choice
+from dropens.errors import ConfigError, bad_choice, check_choice
 
 DEFAULT_ROOT = "~/.cache/dropens/data"
 VAL_STREAM, TEST_STREAM = 0, 1  # independent random streams of one split_seed
+# fields absent from configs/data/*.yaml (studies add them with `+data.<field>=...`), so that the
+# run ids of ordinary configs, which hash the resolved config, do not change
+OPTIONAL_FIELDS = ("eval_limit", "eval_val", "eval_shift", "eval_ood")
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
@@ -119,6 +137,11 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: seed of the val (and test, where carved) split; keep it fixed across
             training seeds.
         augment: ``None`` or the name of a train-batch augmentation (``crop_flip``).
+        eval_limit: evaluate on the first ``eval_limit`` examples of every eval set only.
+        eval_val: also offer the validation split as eval set ``val``.
+        eval_shift: corruptions (:data:`dropens.data.shift.CORRUPTIONS`, or ``all``) whose
+            shifted test sets ``<corruption>_<severity>`` are offered (images only).
+        eval_ood: name of the data set whose test split is offered as eval set ``ood``.
         seed: training seed: order of training batches and augmentation draws.
     """
 
@@ -127,6 +150,8 @@ class TensorDataModule(L.LightningDataModule):
     n_classes: int = 0
     class_names: tuple[str, ...] = ()
     standardize: ClassVar[bool] = True
+    # the largest raw value (what load_arrays returns); corruptions work on raw / raw_max in [0, 1]
+    raw_max: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -138,6 +163,9 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment: str | None = None,
         eval_limit: int | None = None,
+        eval_val: bool = False,
+        eval_shift: str | Sequence[str] | None = None,
+        eval_ood: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -158,6 +186,12 @@ class TensorDataModule(L.LightningDataModule):
                 "it needs 2-D images (use null)"
             )
         self.augment = augment
+        if not isinstance(eval_val, bool):
+            raise bad_choice("data.eval_val", eval_val, ["true", "false"])
+        self.eval_val = eval_val
+        self.eval_shift = self._check_shift(eval_shift)
+        self.eval_ood = self._check_ood(eval_ood)
+        self._extra_sets: dict[str, tuple[Tensor, Tensor]] | None = None  # built once, on demand
         self.seed = int(seed)
         self.x_train: Tensor | None = None
         self.y_train: Tensor | None = None
@@ -167,6 +201,34 @@ class TensorDataModule(L.LightningDataModule):
         self.y_test: Tensor | None = None
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
+
+    def _check_shift(self, value: str | Sequence[str] | None) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        names = [value] if isinstance(value, str) else list(value)
+        for name in names:
+            check_choice("data.eval_shift", name, ["all", *shift.CORRUPTIONS])
+        if "all" in names:
+            names = list(shift.CORRUPTIONS)
+        if names and len(self.input_shape) != 3:
+            raise ConfigError(
+                f"data.eval_shift={value!r} is not valid for data.name={self.name!r}; "
+                "the corruptions need 2-D images (use null)"
+            )
+        return tuple(dict.fromkeys(names))
+
+    def _check_ood(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from dropens.data import DATAMODULES  # the registry imports this module
+
+        choices = [
+            n
+            for n, c in DATAMODULES.items()
+            if n != self.name and c.input_shape == self.input_shape
+        ]
+        check_choice("data.eval_ood", value, choices)
+        return str(value)
 
     # --- subclass hooks -------------------------------------------------------------------
 
@@ -218,6 +280,13 @@ class TensorDataModule(L.LightningDataModule):
         mean, std = self.mean.to(x.device).view(shape), self.std.to(x.device).view(shape)
         return ((x.float() - mean) / std).contiguous()
 
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`normalize`: normalized inputs ``(N, C, *spatial)`` back to raw scale."""
+        self._require_setup()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean, std = self.mean.to(x.device).view(shape), self.std.to(x.device).view(shape)
+        return (x.float() * std + mean).contiguous()
+
     def _normalize_(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x.sub_(self.mean.view(shape)).div_(self.std.view(shape))
@@ -227,6 +296,10 @@ class TensorDataModule(L.LightningDataModule):
         self._require_setup()
         for attr in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std"):
             setattr(self, attr, getattr(self, attr).to(device))
+        if self._extra_sets is not None:
+            self._extra_sets = {
+                k: (x.to(device), y.to(device)) for k, (x, y) in self._extra_sets.items()
+            }
         return self
 
     drop_last_train: bool = False
@@ -255,12 +328,59 @@ class TensorDataModule(L.LightningDataModule):
         return TensorLoader(self.x_test, self.y_test, self.eval_batch_size)
 
     def eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """Named ``(x, y)`` evaluation sets: ``clean`` is the test set; studies add shifted ones."""
+        """Named ``(x [N, *input_shape], y [N])`` evaluation sets, normalized like the training set.
+
+        ``clean`` (the test set) first, then, as configured (module docstring): ``val``, the
+        shifted sets ``<corruption>_<severity>`` (corruption-major, severities 1..5) and ``ood``;
+        each cut to its first ``eval_limit`` examples. The extra sets are built on the first call
+        and kept (the shifted images of a corruption and severity depend on ``split_seed`` only,
+        :func:`dropens.data.shift.set_seed`, so every training seed sees the same images).
+        """
         self._require_setup()
-        if self.eval_limit is None:
-            return {"clean": (self.x_test, self.y_test)}
         n = self.eval_limit
-        return {"clean": (self.x_test[:n], self.y_test[:n])}
+        sets = {
+            "clean": (self.x_test, self.y_test) if n is None else (self.x_test[:n], self.y_test[:n])
+        }
+        if self._extra_sets is None:
+            self._extra_sets = self._build_extra_sets(sets["clean"])
+        return {**sets, **self._extra_sets}
+
+    def _build_extra_sets(self, clean: tuple[Tensor, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        n = self.eval_limit
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        if self.eval_val:
+            out["val"] = (self.x_val[:n], self.y_val[:n])
+        if self.eval_shift:
+            x, y = clean
+            raw = self.denormalize(x) / self.raw_max
+            for name, images in shift.shifted_sets(raw, self.eval_shift, self.split_seed).items():
+                out[name] = (self.normalize(images * self.raw_max), y)
+        if self.eval_ood is not None:
+            x_ood, y_ood = self._ood_raw()
+            # a fixed shuffle (split_seed): eval_limit then keeps a mix of classes, not the first
+            # classes of a class-sorted test split (mnist5k)
+            gen = torch.Generator().manual_seed(shift.set_seed(self.split_seed, "ood", 0))
+            order = torch.randperm(len(x_ood), generator=gen)
+            x_ood, y_ood = x_ood[order], y_ood[order]
+            out["ood"] = (
+                self.normalize(x_ood[:n].to(self.x_test.device)),
+                y_ood[:n].to(self.y_test.device),
+            )
+        return out
+
+    def _ood_raw(self) -> tuple[Tensor, Tensor]:
+        """The raw test split of the ``eval_ood`` data set, rescaled to this set's raw range."""
+        from dropens.data import DATAMODULES
+
+        other = DATAMODULES[self.eval_ood](root=self.root, split_seed=self.split_seed)
+        other.prepare_data()
+        _, _, x, y = other.load_arrays()
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ConfigError(
+                f"data.eval_ood={self.eval_ood!r} has inputs {tuple(x.shape[1:])}; "
+                f"data.name={self.name!r} needs {tuple(self.input_shape)}"
+            )
+        return x * (self.raw_max / other.raw_max), y.long()
 
     def _require_setup(self) -> None:
         if self.x_train is None:

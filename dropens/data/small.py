@@ -48,6 +48,7 @@ class DigitsDataModule(_CarvedTestDataModule):
     input_shape = (1, 8, 8)
     n_classes = 10
     class_names = DIGIT_NAMES
+    raw_max = 16.0  # pixel values 0..16
 
     def all_arrays(self) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits

@@ -241,6 +241,43 @@ def compare_paired(a: ArrayLike, b: ArrayLike, alternative: str = "two-sided") -
     }
 
 
+def paired_difference(a: ArrayLike, b: ArrayLike, confidence: float = 0.95) -> dict[str, float]:
+    """Method ``a`` vs method ``b`` over the same seeds: the mean paired difference ``d = a - b``,
+    its t-interval and the two-sided paired t-test, i.e. ``scipy.stats.ttest_rel(a, b)`` with its
+    ``confidence_interval(confidence)`` (a report's "difference vs X: mean [95% CI], p" cell).
+
+    Args:
+        a, b: ``[n]`` values aligned by seed; confidence: level in (0, 1).
+
+    Returns:
+        ``{"n", "mean_diff", "ci_low", "ci_high", "t", "pvalue"}``: interval, ``t`` and p-value are
+        NaN for ``n = 1``; equal differences (no spread, where scipy warns) give the interval
+        ``[d, d]`` and ``t = 0``, p-value 1 when ``d = 0``, else ``t = ±inf``, p-value 0.
+    """
+    _confidence(confidence)
+    a, b = _pair(a, b)
+    if a.ndim != 1:
+        raise ConfigError(f"a has shape {a.shape}; expected one value per seed [n]")
+    d = a - b
+    out = {"n": float(d.size), "mean_diff": float(np.mean(d))}
+    nan = float("nan")
+    if d.size < 2:
+        return {**out, "ci_low": nan, "ci_high": nan, "t": nan, "pvalue": nan}
+    if np.all(d == d[0]):  # no spread: scipy warns and returns NaN (all zero) or ±inf
+        zero = bool(d[0] == 0)
+        t = 0.0 if zero else float(np.copysign(np.inf, d[0]))
+        return {**out, "ci_low": float(d[0]), "ci_high": float(d[0]), "t": t, "pvalue": float(zero)}
+    low, high = t_interval(d, confidence)
+    t = paired_t(a, b)
+    return {
+        **out,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "t": t["statistic"],
+        "pvalue": t["pvalue"],
+    }
+
+
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values (family-wise error control).
 

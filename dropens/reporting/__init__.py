@@ -16,7 +16,17 @@ from pathlib import Path
 import pandas as pd
 
 from dropens.errors import ConfigError, bad_choice
-from dropens.reporting import common, ensemble_view, magnitude, quickstart, shortcut
+from dropens.reporting import (
+    common,
+    ensemble_view,
+    magnitude,
+    mask_distributions,
+    mc_samples,
+    quickstart,
+    shift,
+    shortcut,
+    structured,
+)
 from dropens.reporting.markdown import update_report_md
 from dropens.results import load_study
 from dropens.study import expand, load_study_file
@@ -26,7 +36,11 @@ BUILDERS: dict[str, Builder] = {
     "quickstart": quickstart.build,
     "magnitude": magnitude.build,
     "ensemble_view": ensemble_view.build,
+    "mask_distributions": mask_distributions.build,
+    "structured": structured.build,
+    "mc_samples": mc_samples.build,
     "shortcut": shortcut.build,
+    "shift": shift.build,
 }
 
 

@@ -148,6 +148,12 @@ def method_label(row: pd.Series | dict) -> str:
     return str(name)
 
 
+def headline_t(df: pd.DataFrame) -> int:
+    """The headline number of MC samples of a study's runs (``eval.mc_samples``, 32 by default)."""
+    values = df.get("cfg.eval.mc_samples", pd.Series([32])).dropna()
+    return int(values.iloc[0]) if len(values) else 32
+
+
 def require_columns(df: pd.DataFrame, keys: Sequence[str], study: str) -> None:
     """The report's headline columns exist (e.g. MC T=32 needs ``eval.mc_samples=32``), else one line."""
     from dropens.errors import ConfigError
@@ -158,3 +164,60 @@ def require_columns(df: pd.DataFrame, keys: Sequence[str], study: str) -> None:
             f"the {study} report needs {missing[0]} in the run records; they were trained with other "
             f"eval settings (keep eval.mc_samples=32, the study's default)"
         )
+
+
+# what paired_by_seed returns without a pair (a metric the runs lack, or no seed in common)
+NO_PAIRS = {
+    "n": 0.0,
+    "mean_diff": np.nan,
+    "ci_low": np.nan,
+    "ci_high": np.nan,
+    "t": np.nan,
+    "pvalue": np.nan,
+}
+
+
+def paired_by_seed(
+    a: pd.DataFrame, b: pd.DataFrame, key: str, key_b: str | None = None
+) -> dict[str, float]:
+    """Run rows ``a`` vs ``b`` (one run per seed each, e.g. two dropout distributions of one
+    architecture) on the seeds both have: :func:`dropens.metrics.stats.paired_difference` of
+    ``a[key] - b[key_b or key]`` (mean difference, 95% t-interval, paired t-test p-value)."""
+    key_b = key_b or key
+    if key not in a or key_b not in b:
+        return dict(NO_PAIRS)
+    x = a.set_index("cfg.seed")[key].astype(float).dropna()
+    y = b.set_index("cfg.seed")[key_b].astype(float).dropna()
+    seeds = x.index.intersection(y.index)
+    if not len(seeds):
+        return dict(NO_PAIRS)
+    return stats.paired_difference(x.loc[seeds].to_numpy(), y.loc[seeds].to_numpy())
+
+
+def fmt_p(p: float) -> str:
+    """``p=0.031``, ``p<0.001``, or ``-`` without a test (one seed)."""
+    if not np.isfinite(p):
+        return "-"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def fmt_paired(d: dict[str, float], digits: int = 3) -> str:
+    """``+0.012 [+0.004, +0.020], p=0.031`` (mean paired difference [95% CI], paired t-test);
+    ``+0.012 (1 seed)`` without an interval; ``-`` without pairs."""
+    if not d["n"] or not np.isfinite(d["mean_diff"]):
+        return "-"
+    mean = f"{d['mean_diff']:+.{digits}f}"
+    if not np.isfinite(d["ci_low"]):
+        return f"{mean} ({int(d['n'])} seed)"
+    return f"{mean} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}], {fmt_p(d['pvalue'])}"
+
+
+def ci_line(
+    ax: plt.Axes, x: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any
+) -> None:
+    """A mean line with 95% CI error bars (bars left out where there is no interval, e.g. one
+    seed): for a few x values where translucent :func:`band` s of several lines would overlap."""
+    x, mean, lo, hi = (np.asarray(v, dtype=float) for v in (x, mean, lo, hi))
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    yerr = np.vstack([np.where(ok, mean - lo, 0.0), np.where(ok, hi - mean, 0.0)])
+    ax.errorbar(x, mean, yerr=yerr if ok.any() else None, capsize=3, ms=4, **kw)

@@ -10,7 +10,7 @@ from data_fakes import assert_one_line_config_error
 from omegaconf import OmegaConf
 
 from dropens.data import DATAMODULES, build_datamodule
-from dropens.data.base import config_fields, resolve_root
+from dropens.data.base import OPTIONAL_FIELDS, config_fields, resolve_root
 from dropens.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
@@ -26,9 +26,9 @@ def test_config_builds_its_module(name, tmp_path):
     cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
     assert cfg.name == name
     assert set(cfg) >= COMMON
-    # every field is in the config, except eval_limit (smoke forms add it with +data.eval_limit=N,
-    # so that ordinary run ids do not change)
-    assert set(cfg) - {"name"} == set(config_fields(DATAMODULES[name])) - {"seed", "eval_limit"}
+    # every field is in the config, except the optional eval-set fields (studies and smoke forms add
+    # them, e.g. +data.eval_limit=N, so that ordinary run ids do not change)
+    assert set(cfg) - {"name"} == set(config_fields(DATAMODULES[name])) - {"seed", *OPTIONAL_FIELDS}
     cfg.root = str(tmp_path)
     dm = build_datamodule(cfg, seed=5)  # a DictConfig, as Hydra passes it
     assert type(dm) is DATAMODULES[name] and dm.name == name

@@ -1,0 +1,232 @@
+"""Figures of the ``mc_samples`` study: test error of MC dropout against the number of samples T,
+next to weight scaling (the deterministic pass), as in Srivastava et al. (2014), Fig. 11.
+
+- ``error_vs_T``: one column per p; rows: test error and NLL of the MC average of T masks (mean
+  and 95% band over seeds) with weight scaling as a line and its 95% band; last row the paired
+  difference MC - weight scaling of the test error (same run, same seed), with its 95% band.
+
+Tables: ``error_vs_T`` (every (p, T): MC error, MC - weight scaling paired by seed with its 95% CI
+and paired t-test p-value) and ``crossing`` (per p: the T from which on the MC mean error stays
+within weight scaling's 95% CI, the T from which on the paired difference stays non-significant,
+i.e. its 95% CI reaches 0, and the T from which on the MC mean error stays <= weight scaling's;
+:func:`crossings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from dropens.errors import ConfigError
+from dropens.reporting.common import (
+    PALETTE,
+    Section,
+    band,
+    fmt_ci,
+    fmt_paired,
+    hline_ci,
+    paired_by_seed,
+    save_figure,
+    seed_stats,
+    write_table,
+)
+
+WS_COLOR = "#d55e00"
+
+
+def mc_sizes(df: pd.DataFrame) -> list[int]:
+    """The T of the ``test/clean/mc<T>/acc`` columns the runs have, sorted."""
+    return sorted(
+        int(c.split("/")[2][2:])
+        for c in df.columns
+        if c.startswith("test/clean/mc")
+        and c.endswith("/acc")
+        and c.split("/")[2][2:].isdigit()
+        and df[c].notna().any()
+    )
+
+
+def _with_errors(df: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:
+    """Test error = 1 - accuracy, as ``err/<label>`` columns (``deterministic``, ``mc<T>``)."""
+    cols = {"err/deterministic": 1.0 - df["test/clean/deterministic/acc"].astype(float)}
+    for t in sizes:
+        cols[f"err/mc{t}"] = 1.0 - df[f"test/clean/mc{t}/acc"].astype(float)
+    return pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
+
+
+def crossings(runs: pd.DataFrame, sizes: list[int]) -> dict[str, int | str | None]:
+    """The T (of ``sizes``) from which on MC dropout matches weight scaling on the test error:
+    the smallest T such that the criterion holds at T and at every larger T of the curve (a curve
+    that touches weight scaling at T = 4 and leaves it again does not match from 4).
+
+    ``within_ci``: MC mean error <= the upper end of weight scaling's 95% CI over seeds;
+    ``paired_ci``: the 95% CI of the paired difference MC - weight scaling reaches 0 (no longer
+    significantly worse); ``mean``: MC mean error <= weight-scaling mean error. ``None`` where it
+    does not hold at the largest T; ``"n/a"`` for the CI-based ones without an interval (one seed).
+    """
+    ws = seed_stats(runs["err/deterministic"])
+    holds: dict[str, list[bool]] = {"within_ci": [], "paired_ci": [], "mean": []}
+    for t in sizes:
+        s = seed_stats(runs[f"err/mc{t}"])
+        d = paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic")
+        holds["within_ci"].append(bool(s["mean"] <= ws["ci_high"]))
+        holds["paired_ci"].append(bool(d["ci_low"] <= 0))
+        holds["mean"].append(bool(s["mean"] <= ws["mean"]))
+    out: dict[str, int | str | None] = {}
+    for name, ok in holds.items():
+        first = None
+        for t, good in zip(reversed(sizes), reversed(ok)):
+            if not good:
+                break
+            first = t
+        out[name] = first
+    if not np.isfinite(ws["ci_high"]):
+        out["within_ci"] = out["paired_ci"] = "n/a"
+    return out
+
+
+def build(df: pd.DataFrame, out_dir: Path) -> Section:
+    section = Section()
+    drop = df[df["cfg.method.name"] == "dropout"]
+    sizes = mc_sizes(drop)
+    if not sizes or "test/clean/deterministic/acc" not in drop:
+        raise ConfigError(
+            "the mc_samples report needs test/clean/deterministic/acc and test/clean/mc<T>/acc "
+            "columns in the dropout runs; they were trained without eval.mc_curve"
+        )
+    drop = _with_errors(drop, sizes)
+    ps = sorted(drop["cfg.dropout.p"].unique())
+    curve, cross = [], []
+    for p in ps:
+        runs = drop[drop["cfg.dropout.p"] == p]
+        ws = seed_stats(runs["err/deterministic"])
+        ws_nll = seed_stats(runs["test/clean/deterministic/nll"])
+        curve.append(
+            {
+                "p": p,
+                "evaluation": "weight scaling",
+                "T": "-",
+                "seeds": int(ws["n"]),
+                "test error": fmt_ci(ws["mean"], ws["ci_low"], ws["ci_high"], 4),
+                "NLL": fmt_ci(ws_nll["mean"], ws_nll["ci_low"], ws_nll["ci_high"], 4),
+                "error: MC - weight scaling": "-",
+                "NLL: MC - weight scaling": "-",
+            }
+        )
+        for t in sizes:
+            s = seed_stats(runs[f"err/mc{t}"])
+            nll = seed_stats(runs[f"test/clean/mc{t}/nll"])
+            curve.append(
+                {
+                    "p": p,
+                    "evaluation": "MC dropout",
+                    "T": t,
+                    "seeds": int(s["n"]),
+                    "test error": fmt_ci(s["mean"], s["ci_low"], s["ci_high"], 4),
+                    "NLL": fmt_ci(nll["mean"], nll["ci_low"], nll["ci_high"], 4),
+                    "error: MC - weight scaling": fmt_paired(
+                        paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic"), 4
+                    ),
+                    "NLL: MC - weight scaling": fmt_paired(
+                        paired_by_seed(
+                            runs, runs, f"test/clean/mc{t}/nll", "test/clean/deterministic/nll"
+                        ),
+                        4,
+                    ),
+                }
+            )
+        c = crossings(runs, sizes)
+        first, last = sizes[0], sizes[-1]
+        s1, sl = seed_stats(runs[f"err/mc{first}"]), seed_stats(runs[f"err/mc{last}"])
+        d_last = paired_by_seed(runs, runs, f"err/mc{last}", "err/deterministic")
+        cross.append(
+            {
+                "p": p,
+                "seeds": int(ws["n"]),
+                "weight scaling error": fmt_ci(ws["mean"], ws["ci_low"], ws["ci_high"], 4),
+                f"MC T={first} error": fmt_ci(s1["mean"], s1["ci_low"], s1["ci_high"], 4),
+                f"MC T={last} error": fmt_ci(sl["mean"], sl["ci_low"], sl["ci_high"], 4),
+                f"MC T={last} - WS": fmt_paired(d_last, 4),
+                "MC within WS 95% CI from T": _t(c["within_ci"]),
+                "MC - WS not significant from T": _t(c["paired_ci"]),
+                "MC mean <= WS mean from T": _t(c["mean"]),
+            }
+        )
+        section.results.append(
+            f"p={p}: test error of weight scaling {fmt_ci(ws['mean'], ws['ci_low'], ws['ci_high'], 4)}; "
+            f"MC T={first} {fmt_ci(s1['mean'], s1['ci_low'], s1['ci_high'], 4)}, "
+            f"T={last} {fmt_ci(sl['mean'], sl['ci_low'], sl['ci_high'], 4)} "
+            f"(MC - weight scaling at T={last}: {fmt_paired(d_last, 4)}, paired over "
+            f"{int(d_last['n'])} seeds); from which T on (up to {last}) the MC mean error stays "
+            f"within weight scaling's 95% CI: {_t(c['within_ci'])}; the paired difference stays "
+            f"non-significant (its 95% CI reaches 0): {_t(c['paired_ci'])}; the MC mean error "
+            f"stays <= weight scaling's: {_t(c['mean'])}"
+        )
+    section.tables.append(write_table(pd.DataFrame(cross), out_dir, "crossing"))
+    section.tables.append(write_table(pd.DataFrame(curve), out_dir, "error_vs_T"))
+    section.figures.append(_figure(drop, ps, sizes, out_dir))
+    return section
+
+
+def _t(value: int | str | None) -> str:
+    return "never" if value is None else str(value)
+
+
+def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path) -> str:
+    fig, axes = plt.subplots(3, len(ps), figsize=(4.6 * len(ps), 9.6), squeeze=False)
+    x = np.array(sizes)
+    for j, p in enumerate(ps):
+        runs = drop[drop["cfg.dropout.p"] == p]
+        for i, (mc_key, ws_key, label) in enumerate(
+            (
+                ("err/mc{t}", "err/deterministic", "test error"),
+                ("test/clean/mc{t}/nll", "test/clean/deterministic/nll", "test NLL"),
+            )
+        ):
+            ax = axes[i, j]
+            s = [seed_stats(runs[mc_key.format(t=t)]) for t in sizes]
+            band(
+                ax,
+                x,
+                *(np.array([v[k] for v in s]) for k in ("mean", "ci_low", "ci_high")),
+                color=PALETTE["dropout"],
+                label="MC dropout, average of T masks",
+            )
+            w = seed_stats(runs[ws_key])
+            hline_ci(
+                ax, w["mean"], w["ci_low"], w["ci_high"], "weight scaling (deterministic)", WS_COLOR
+            )
+            ax.set_ylabel(label)
+            if i == 0:
+                ax.set_title(f"p = {p} (seeds: {len(runs)})")
+            if i == 0 and sizes[-1] >= 50:
+                ax.axvline(50, color="k", lw=0.8, ls=":", label="T = 50 (Srivastava et al. 2014)")
+        ax = axes[2, j]
+        d = [paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic") for t in sizes]
+        band(
+            ax,
+            x,
+            *(np.array([v[k] for v in d]) for k in ("mean_diff", "ci_low", "ci_high")),
+            color="#555555",
+            label="MC - weight scaling (paired by seed)",
+        )
+        ax.axhline(0.0, color=WS_COLOR, lw=1.2, ls="--")
+        ax.set_ylabel("test error: MC - weight scaling")
+        for ax in axes[:, j]:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(t) for t in sizes])
+            ax.set_xlabel("MC samples T")
+            ax.grid(alpha=0.3)
+    handles, names = [], []
+    for ax in (axes[0, 0], axes[2, 0]):
+        h, n = ax.get_legend_handles_labels()
+        handles, names = handles + h, names + n
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.suptitle(
+        "MC dropout vs weight scaling against the number of samples (mean and 95% CI over seeds)"
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save_figure(fig, out_dir, "error_vs_T")

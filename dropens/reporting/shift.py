@@ -1,0 +1,453 @@
+"""Figures and tables of the ``shift`` study: calibration under dataset shift and OOD detection
+(Ovadia et al. 2019) for one backbone trained plainly, with dropout, as K fixed subnetworks and as
+K independent networks.
+
+The series compared (each with and without temperature scaling fitted on clean validation data):
+``plain`` (its deterministic pass), ``dropout`` weight scaling (``deterministic``) and MC dropout
+(``mc<T>``, T = ``eval.mc_samples``), ``subnets`` and ``ensemble`` (the average of their K members).
+
+- ``shift_curves``: accuracy, NLL and ECE against severity (0 = clean), averaged over the
+  corruptions, without (top) and with (bottom) temperature scaling, plus the fitted temperatures;
+  mean and 95% t-band over seeds (per seed, the mean over corruptions first);
+- ``by_corruption`` / ``by_corruption_ts``: the same per corruption, without / with scaling;
+- ``ood_auroc``: AUROC of clean Fashion-MNIST test images vs the OOD set (MNIST digits) by
+  max-probability, predictive entropy and mutual information (bars: mean, 95% CI; dots: seeds).
+
+Tables: ``summary`` (clean, mean over every shifted set, severity 5; temperature), ``ood``, and
+``paired`` (paired differences over seeds, 95% t-interval and paired t-test, for the comparisons
+the finding quotes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from dropens.data.shift import CORRUPTIONS, SEVERITIES, parse_set_name
+from dropens.reporting.common import (
+    PALETTE,
+    Section,
+    band,
+    ci_cell,
+    ci_yerr,
+    fmt_paired,
+    paired_by_seed,
+    save_figure,
+    seed_stats,
+    summarize_groups,
+    write_table,
+)
+
+METRICS = ("acc", "nll", "ece")
+LABELS = {"acc": "accuracy", "nll": "NLL (nats)", "ece": "ECE (15 bins)"}
+SCORES = {"maxprob": "max probability", "entropy": "predictive entropy", "mi": "mutual information"}
+
+
+@dataclass(frozen=True)
+class Series:
+    """One curve: the runs of ``method`` evaluated with metric label ``label``."""
+
+    key: str  # short id used in tables
+    method: str
+    label: str  # e.g. deterministic, mc16, members
+    name: str  # legend text
+    ls: str = "-"
+
+    @property
+    def color(self) -> str:
+        return PALETTE.get(self.method, "k")
+
+
+def series_of(df: pd.DataFrame) -> list[Series]:
+    """The series present in ``df`` (MC with the runs' ``eval.mc_samples``, K from the configs)."""
+    methods = set(df["cfg.method.name"])
+    out = []
+    if "plain" in methods:
+        out.append(Series("plain", "plain", "deterministic", "plain"))
+    if "dropout" in methods:
+        t = int(df.loc[df["cfg.method.name"] == "dropout", "cfg.eval.mc_samples"].iloc[0])
+        out.append(
+            Series("dropout_ws", "dropout", "deterministic", "dropout, weight scaling", "--")
+        )
+        out.append(Series("dropout_mc", "dropout", f"mc{t}", f"dropout, MC T={t}"))
+    for method in ("subnets", "ensemble"):
+        if method in methods:
+            k = int(df.loc[df["cfg.method.name"] == method, "cfg.method.k"].iloc[0])
+            out.append(Series(method, method, "members", f"{method} K={k}, average"))
+    return out
+
+
+def corruptions_of(df: pd.DataFrame) -> list[str]:
+    """Corruptions with at least one metric column, in :data:`CORRUPTIONS` order."""
+    found = {
+        p[0] for c in df.columns if c.startswith("test/") and (p := parse_set_name(c.split("/")[1]))
+    }
+    return [c for c in CORRUPTIONS if c in found]
+
+
+def _col(df: pd.DataFrame, key: str) -> pd.Series:
+    return df[key].astype(float) if key in df else pd.Series(np.nan, index=df.index)
+
+
+def long_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, series, scaled, corruption, severity): ``acc, nll, ece``.
+
+    Severity 0 is the clean test set (corruption ``clean``); ``scaled`` picks ``<label>_ts``.
+    """
+    rows = []
+    corruptions = corruptions_of(df)
+    for s in series_of(df):
+        runs = df[df["cfg.method.name"] == s.method]
+        for scaled in (False, True):
+            label = f"{s.label}_ts" if scaled else s.label
+            sets = [("clean", 0, "clean")] + [
+                (c, sev, f"{c}_{sev}") for c in corruptions for sev in SEVERITIES
+            ]
+            for corruption, severity, set_name in sets:
+                part = pd.DataFrame(
+                    {
+                        "series": s.key,
+                        "scaled": scaled,
+                        "seed": runs["cfg.seed"].astype(int).to_numpy(),
+                        "corruption": corruption,
+                        "severity": severity,
+                        **{
+                            m: _col(runs, f"test/{set_name}/{label}/{m}").to_numpy()
+                            for m in METRICS
+                        },
+                    }
+                )
+                rows.append(part)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def by_severity(long: pd.DataFrame) -> pd.DataFrame:
+    """Per (series, scaled, seed, severity): the mean over corruptions (clean stays itself)."""
+    return long.groupby(["series", "scaled", "seed", "severity"], as_index=False)[
+        list(METRICS)
+    ].mean()
+
+
+def per_run(df: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """Per (series, scaled, seed): clean, mean over every shifted set, mean at severity 5,
+    the fitted temperature and the OOD AUROCs (one row per run and series)."""
+    shifted = long[long["severity"] > 0]
+    keys = ["series", "scaled", "seed"]
+    out = long[long["severity"] == 0].set_index(keys)[list(METRICS)].add_prefix("clean_")
+    out = out.join(shifted.groupby(keys)[list(METRICS)].mean().add_prefix("shift_"))
+    top = shifted[shifted["severity"] == max(SEVERITIES)]
+    out = out.join(top.groupby(keys)[list(METRICS)].mean().add_prefix("sev5_")).reset_index()
+    extra = []
+    for s in series_of(df):
+        runs = df[df["cfg.method.name"] == s.method]
+        for scaled in (False, True):
+            label = f"{s.label}_ts" if scaled else s.label
+            part = {
+                "series": s.key,
+                "scaled": scaled,
+                "seed": runs["cfg.seed"].astype(int).to_numpy(),
+                "temperature": _col(runs, f"test/val/{s.label}_ts/temperature").to_numpy()
+                if scaled
+                else np.nan,
+            }
+            for score in SCORES:
+                part[f"auroc_{score}"] = _col(runs, f"test/ood/{label}/auroc_{score}").to_numpy()
+            extra.append(pd.DataFrame(part))
+    return out.merge(pd.concat(extra, ignore_index=True), on=keys, how="left")
+
+
+def build(df: pd.DataFrame, out_dir: Path) -> Section:
+    section = Section()
+    series = series_of(df)
+    long = long_table(df)
+    runs = per_run(df, long)
+    names = {s.key: s.name for s in series}
+    cols = [f"{p}_{m}" for p in ("clean", "shift", "sev5") for m in METRICS]
+    cols += ["temperature", *(f"auroc_{s}" for s in SCORES)]
+    summary = summarize_groups(runs, ["series", "scaled"], cols)
+    order = {s.key: i for i, s in enumerate(series)}
+    summary = summary.sort_values(
+        ["series", "scaled"], key=lambda c: c.map(order) if c.name == "series" else c
+    )
+
+    def evaluation(r: pd.Series) -> str:
+        return names[r["series"]] + (", temperature-scaled" if r["scaled"] else "")
+
+    table = pd.DataFrame(
+        {
+            "evaluation": [evaluation(r) for _, r in summary.iterrows()],
+            "seeds": summary["n"].astype(int),
+            **{
+                f"{p} {m}": [ci_cell(r, f"{p}_{m}", 3) for _, r in summary.iterrows()]
+                for p in ("clean", "shift", "sev5")
+                for m in METRICS
+            },
+            "T": [ci_cell(r, "temperature", 2) for _, r in summary.iterrows()],
+        }
+    )
+    section.tables.append(write_table(table, out_dir, "summary"))
+    ood = pd.DataFrame(
+        {
+            "evaluation": [evaluation(r) for _, r in summary.iterrows()],
+            **{
+                f"AUROC {SCORES[s]}": [ci_cell(r, f"auroc_{s}", 3) for _, r in summary.iterrows()]
+                for s in SCORES
+            },
+        }
+    )
+    section.tables.append(write_table(ood, out_dir, "ood"))
+    paired = _paired(runs, names)
+    if not paired.empty:
+        section.tables.append(write_table(paired.drop(columns="headline"), out_dir, "paired"))
+    for key, name in names.items():
+        section.results.append(_result_line(summary, key, name))
+    for _, r in paired[paired["headline"]].iterrows():
+        section.results.append(f"{r['comparison']}, {r['metric']}: {r['difference [95% CI], p']}")
+    section.figures.append(_curves(long, runs, series, out_dir))
+    for scaled in (False, True):
+        fig = _by_corruption(long, series, scaled, out_dir)
+        if fig:
+            section.figures.append(fig)
+    section.figures.append(_ood(runs, series, out_dir))
+    return section
+
+
+def _result_line(summary: pd.DataFrame, key: str, name: str) -> str:
+    """One series: clean and shifted metrics with 95% CIs, scaled values in parentheses."""
+    raw = summary[(summary["series"] == key) & ~summary["scaled"].astype(bool)].iloc[0]
+    ts = summary[(summary["series"] == key) & summary["scaled"].astype(bool)].iloc[0]
+    n = int(raw["n"])
+    mi = (
+        f", by mutual information {ci_cell(raw, 'auroc_mi')}"
+        if np.isfinite(raw["auroc_mi_mean"])
+        else ""
+    )
+    return (
+        f"{name}: clean accuracy {ci_cell(raw, 'clean_acc')}, NLL {ci_cell(raw, 'clean_nll')}, "
+        f"ECE {ci_cell(raw, 'clean_ece')}; mean over the shifted sets accuracy "
+        f"{ci_cell(raw, 'shift_acc')}, NLL {ci_cell(raw, 'shift_nll')} "
+        f"({ci_cell(ts, 'shift_nll')} temperature-scaled, T = {ci_cell(ts, 'temperature', 2)}), "
+        f"ECE {ci_cell(raw, 'shift_ece')} ({ci_cell(ts, 'shift_ece')} scaled); OOD AUROC by max "
+        f"probability {ci_cell(raw, 'auroc_maxprob')}{mi} ({n} seed{'s' if n != 1 else ''})"
+    )
+
+
+def _paired(runs: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """Paired differences over seeds (a - b) of the means over the shifted sets and of the OOD
+    AUROCs; ``headline`` marks the unscaled NLL/ECE/MI comparisons quoted in REPORT.md."""
+    metrics = [
+        ("shift_nll", "NLL, mean over shifted sets"),
+        ("shift_ece", "ECE, mean over shifted sets"),
+    ]
+    rows: list[dict] = []
+
+    def rows_of(key: str, scaled: bool) -> pd.DataFrame:
+        part = runs[(runs["series"] == key) & (runs["scaled"] == scaled)]
+        return part.rename(columns={"seed": "cfg.seed"})
+
+    def add(a: str, b: str, scaled: tuple[bool, bool], key: str, text: str, what: str) -> None:
+        d = paired_by_seed(rows_of(a, scaled[0]), rows_of(b, scaled[1]), key)
+        rows.append(
+            {
+                "comparison": what,
+                "metric": text,
+                "difference [95% CI], p": fmt_paired(d, 4),
+                "headline": scaled == (False, False) and key != "auroc_entropy",
+            }
+        )
+
+    pairs = [("ensemble", "dropout_mc"), ("subnets", "dropout_mc"), ("dropout_mc", "dropout_ws")]
+    for a, b in pairs:
+        if a in names and b in names:
+            for scaled in (False, True):
+                ts = " (both temperature-scaled)" if scaled else ""
+                for key, text in metrics:
+                    add(a, b, (scaled, scaled), key, text, f"{names[a]} - {names[b]}{ts}")
+    for key, name in names.items():  # what temperature scaling itself does, within each series
+        for metric, text in metrics:
+            add(key, key, (True, False), metric, text, f"{name}: scaled - unscaled")
+    for a, b in pairs:
+        if a in names and b in names:
+            for score in SCORES:
+                if score == "mi" and b == "dropout_ws":
+                    continue  # one network: no mutual information
+                text = f"OOD AUROC, {SCORES[score]}"
+                add(a, b, (False, False), f"auroc_{score}", text, f"{names[a]} - {names[b]}")
+    return pd.DataFrame(
+        rows, columns=["comparison", "metric", "difference [95% CI], p", "headline"]
+    )
+
+
+def _stats(values: pd.Series) -> tuple[float, float, float]:
+    s = seed_stats(values)
+    return s["mean"], s["ci_low"], s["ci_high"]
+
+
+def _plot_series(
+    ax: plt.Axes, frame: pd.DataFrame, s: Series, metric: str, x_key: str = "severity"
+) -> None:
+    part = frame[frame["series"] == s.key]
+    xs = sorted(part[x_key].unique())
+    if not xs:
+        return
+    vals = np.array([_stats(part.loc[part[x_key] == x, metric]) for x in xs])
+    band(ax, np.array(xs), vals[:, 0], vals[:, 1], vals[:, 2], color=s.color, ls=s.ls, label=s.name)
+
+
+def _severity_axis(ax: plt.Axes) -> None:
+    ax.set_xticks([0, *SEVERITIES], ["clean", *map(str, SEVERITIES)])
+    ax.set_xlabel("severity")
+    ax.grid(alpha=0.3)
+
+
+def _curves(long: pd.DataFrame, runs: pd.DataFrame, series: list[Series], out_dir: Path) -> str:
+    sev = by_severity(long)
+    n = sev["seed"].nunique()
+    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.2))
+    for row, scaled in enumerate((False, True)):
+        frame = sev[sev["scaled"] == scaled]
+        for col, metric in enumerate(METRICS):
+            if scaled and metric == "acc":
+                continue  # a temperature does not change the top-1 class: same as above
+            ax = axes[row, col]
+            for s in series:
+                _plot_series(ax, frame, s, metric)
+            _severity_axis(ax)
+            ts = ", temperature-scaled" if scaled else ""
+            ax.set_title(f"{LABELS[metric]}{ts}", fontsize=10)
+    for col in (1, 2):  # same scale with and without scaling
+        lo = min(axes[0, col].get_ylim()[0], axes[1, col].get_ylim()[0])
+        hi = max(axes[0, col].get_ylim()[1], axes[1, col].get_ylim()[1])
+        axes[0, col].set_ylim(lo, hi)
+        axes[1, col].set_ylim(lo, hi)
+    _temperatures(axes[1, 0], runs, series)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(series), fontsize=8)
+    fig.suptitle(
+        "Fashion-MNIST under shift, mean over corruptions "
+        f"(lines: mean, bands: 95% CI over {n} seed{'s' if n != 1 else ''})",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return save_figure(fig, out_dir, "shift_curves")
+
+
+def _temperatures(ax: plt.Axes, runs: pd.DataFrame, series: list[Series]) -> None:
+    """Bars of the fitted temperature per series (:func:`per_run` rows), 95% CI, seeds as dots."""
+    ax.set_title("fitted temperature (clean validation NLL)", fontsize=10)
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    for i, s in enumerate(series):
+        vals = runs.loc[(runs["series"] == s.key) & runs["scaled"], "temperature"].dropna()
+        st = seed_stats(vals)
+        ax.bar(
+            i,
+            st["mean"],
+            yerr=ci_yerr(st),
+            color=s.color,
+            alpha=0.8,
+            capsize=4,
+            edgecolor="k",
+            lw=0.4,
+            hatch="//" if s.ls == "--" else None,
+        )
+        ax.scatter(np.full(len(vals), i), vals, color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(series)), [s.name for s in series], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("T (> 1 softens)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _by_corruption(
+    long: pd.DataFrame, series: list[Series], scaled: bool, out_dir: Path
+) -> str | None:
+    corruptions = [c for c in long["corruption"].unique() if c != "clean"]
+    if not corruptions:
+        return None
+    metrics = ("nll", "ece") if scaled else METRICS
+    clean = long[(long["severity"] == 0) & (long["scaled"] == scaled)]
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(corruptions),
+        figsize=(3.0 * len(corruptions), 2.7 * len(metrics)),
+        sharex=True,
+        squeeze=False,
+    )
+    for j, corruption in enumerate(corruptions):
+        frame = pd.concat(
+            [clean, long[(long["corruption"] == corruption) & (long["scaled"] == scaled)]]
+        )
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            for s in series:
+                _plot_series(ax, frame, s, metric)
+            _severity_axis(ax)
+            if i < len(metrics) - 1:
+                ax.set_xlabel("")
+            if i == 0:
+                ax.set_title(corruption.replace("_", " "), fontsize=10)
+            if j == 0:
+                ax.set_ylabel(LABELS[metric])
+    for i in range(len(metrics)):  # one y scale per metric row
+        lo = min(ax.get_ylim()[0] for ax in axes[i])
+        hi = max(ax.get_ylim()[1] for ax in axes[i])
+        for ax in axes[i]:
+            ax.set_ylim(lo, hi)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=len(series),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    ts = "temperature-scaled " if scaled else ""
+    fig.suptitle(f"Per corruption, {ts}predictions (mean and 95% CI over seeds)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return save_figure(fig, out_dir, "by_corruption_ts" if scaled else "by_corruption")
+
+
+def _ood(runs: pd.DataFrame, series: list[Series], out_dir: Path) -> str:
+    fig, axes = plt.subplots(1, len(SCORES), figsize=(13.5, 3.9), sharey=True)
+    width = 0.38
+    for ax, score in zip(axes, SCORES):
+        for i, s in enumerate(series):
+            for offset, scaled in ((-width / 2, False), (width / 2, True)):
+                vals = runs.loc[
+                    (runs["series"] == s.key) & (runs["scaled"] == scaled), f"auroc_{score}"
+                ].dropna()
+                if vals.empty:
+                    if not scaled:  # MI of one network, or a missing series
+                        ax.text(i, 0.53, "n/a", ha="center", va="bottom", fontsize=8)
+                    continue
+                st = seed_stats(vals)
+                ax.bar(
+                    i + offset, st["mean"], width=width, yerr=ci_yerr(st), color=s.color,
+                    alpha=0.85 if not scaled else 0.45, hatch="//" if scaled else None,
+                    capsize=3, edgecolor="k", lw=0.4,
+                )  # fmt: skip
+                ax.scatter(np.full(len(vals), i + offset), vals, color="k", s=7, zorder=3)
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set_xticks(
+            range(len(series)), [s.name for s in series], rotation=20, ha="right", fontsize=8
+        )
+        ax.set_title(f"score: {SCORES[score]}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("AUROC, clean test vs OOD (0.5 = chance)")
+    lo = np.nanmin(runs[[f"auroc_{s}" for s in SCORES]].to_numpy(dtype=float), initial=0.5)
+    axes[0].set_ylim(max(0.0, min(0.5, lo) - 0.05), 1.0)
+    from matplotlib.patches import Patch
+
+    axes[-1].legend(
+        handles=[Patch(facecolor="w", edgecolor="k", label="unscaled"), Patch(facecolor="w", edgecolor="k", hatch="//", label="temperature-scaled")],
+        fontsize=8, loc="lower right",
+    )  # fmt: skip
+    fig.suptitle(
+        "OOD detection, Fashion-MNIST (in) vs MNIST digits (out): bars mean, 95% CI; dots seeds",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "ood_auroc")

@@ -1,0 +1,171 @@
+"""Report builders of the mask_distributions, structured and mc_samples studies on synthetic run
+tables (no training): paired-by-seed cells, the MC-vs-weight-scaling crossing, figures written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dropens.metrics import stats
+from dropens.reporting import common, mask_distributions, mc_samples, structured
+
+SEEDS = (0, 1, 2)
+
+
+def _metrics(rng: np.random.Generator, labels: list[str], base: float) -> dict[str, float]:
+    row = {}
+    for label in labels:
+        acc = base + rng.normal(0, 0.01)
+        row.update(
+            {
+                f"test/clean/{label}/acc": acc,
+                f"test/clean/{label}/nll": 1.5 - acc + rng.normal(0, 0.01),
+                f"test/clean/{label}/ece": abs(rng.normal(0.05, 0.01)),
+            }
+        )
+        if label.startswith("mc") and label != "mc1":
+            row[f"test/clean/{label}/mi"] = abs(rng.normal(0.02, 0.005))
+            row[f"test/clean/{label}/disagreement"] = abs(rng.normal(0.2, 0.02))
+    return row
+
+
+def test_paired_by_seed_aligns_seeds_and_formats():
+    a = pd.DataFrame({"cfg.seed": [2, 0, 1], "m": [0.93, 0.91, 0.92]})
+    b = pd.DataFrame({"cfg.seed": [0, 1, 2, 3], "m": [0.90, 0.90, 0.90, 0.10]})
+    d = common.paired_by_seed(a, b, "m")
+    ref = stats.paired_difference([0.91, 0.92, 0.93], [0.90, 0.90, 0.90])
+    assert d == pytest.approx(ref) and d["n"] == 3  # seed 3 has no pair
+    cell = common.fmt_paired(d, 3)
+    assert cell.startswith("+0.020 [") and cell.endswith(f"p={ref['pvalue']:.3f}")
+    assert common.fmt_paired(common.paired_by_seed(a.iloc[:1], b, "m")) == "+0.030 (1 seed)"
+    assert common.fmt_paired(common.paired_by_seed(a, b, "missing")) == "-"
+    assert common.fmt_p(0.0004) == "p<0.001" and common.fmt_p(float("nan")) == "-"
+
+
+def test_mask_distributions_build(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["deterministic", "mc1", "mc2", "mc32"]
+    rows = []
+    for model in ("mlp", "cnn1d"):
+        for seed in SEEDS:
+            rows.append(
+                {"cfg.model.name": model, "cfg.method.name": "plain", "cfg.seed": seed}
+                | {"cfg.dropout.dist": "bernoulli", "cfg.dropout.p": 0.1}
+                | _metrics(rng, ["deterministic"], 0.9)
+            )
+            for dist in ("bernoulli", "gaussian", "uniform"):
+                for p in (0.1, 0.25, 0.5):
+                    rows.append(
+                        {"cfg.model.name": model, "cfg.method.name": "dropout", "cfg.seed": seed}
+                        | {"cfg.dropout.dist": dist, "cfg.dropout.p": p, "cfg.eval.mc_samples": 32}
+                        | _metrics(rng, labels, 0.9 - 0.1 * p)
+                    )
+    section = mask_distributions.build(pd.DataFrame(rows), tmp_path)
+    assert section.figures == ["metrics_vs_p", "diversity_vs_p"]
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    assert len(paired) == 2 * 3 * 2 * 2  # model x p x (gaussian, uniform) x evaluation
+    assert paired["diff acc"].str.contains(r"\], p[=<]").all()
+    assert any("vs bernoulli" in line and "p=" in line for line in section.results)
+    for stem in section.figures:
+        assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
+
+
+def test_structured_labels_order_and_build(tmp_path):
+    runs = [
+        {
+            "cfg.method.name": "dropout",
+            "cfg.dropout.structure": "block",
+            "cfg.dropout.block_size": 7.0,
+        },
+        {
+            "cfg.method.name": "dropout",
+            "cfg.dropout.structure": "block",
+            "cfg.dropout.block_size": 3.0,
+        },
+        {
+            "cfg.method.name": "plain",
+            "cfg.dropout.structure": "element",
+            "cfg.dropout.block_size": None,
+        },
+        {
+            "cfg.method.name": "dropout",
+            "cfg.dropout.structure": "location",
+            "cfg.dropout.block_size": None,
+        },
+        {
+            "cfg.method.name": "dropout",
+            "cfg.dropout.structure": "element",
+            "cfg.dropout.block_size": None,
+        },
+    ]
+    labels = [structured.structure_label(r) for r in runs]
+    assert labels == ["block 7", "block 3", "plain", "location", "element"]
+    assert structured._order(labels) == ["element", "location", "block 3", "block 7", "plain"]
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for data, model in (("mnist1d", "cnn1d"), ("fashion_mnist", "cnn2d")):
+        for seed in SEEDS:
+            for run in runs:
+                method = run["cfg.method.name"]
+                rows.append(
+                    run
+                    | {"cfg.data.name": data, "cfg.model.name": model, "cfg.seed": seed}
+                    | {"cfg.eval.mc_samples": 8, "path": str(tmp_path / "no_record")}
+                    | _metrics(
+                        rng,
+                        ["deterministic"] if method == "plain" else ["deterministic", "mc8"],
+                        0.9,
+                    )
+                )
+    section = structured.build(pd.DataFrame(rows), tmp_path)
+    assert section.figures == ["metrics", "diversity"]  # no magnitudes.json: no magnitude figure
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    assert set(paired["vs"]) == {"element"} and "element" not in set(paired["structure"])
+    assert (paired.loc[paired["evaluation"] == "deterministic", "diff mi"] == "-").all()
+
+
+def test_mc_samples_crossing_hand_computed():
+    # weight scaling error 0.10 / 0.11 / 0.12 (95% CI [0.085, 0.135]); MC error falls with T
+    ws_acc = np.array([0.90, 0.89, 0.88])
+    mc_err = {
+        1: [0.20, 0.21, 0.22],
+        2: [0.125, 0.135, 0.14],
+        4: [0.115, 0.12, 0.13],
+        8: [0.10, 0.11, 0.115],
+    }
+    df = pd.DataFrame({"cfg.seed": list(SEEDS), "test/clean/deterministic/acc": ws_acc})
+    for t, err in mc_err.items():
+        df[f"test/clean/mc{t}/acc"] = 1 - np.array(err)
+    runs = mc_samples._with_errors(df, [1, 2, 4, 8])
+    ws_high = stats.summarize(1 - ws_acc)["ci_high"]
+    assert np.mean(mc_err[2]) <= ws_high < np.mean(mc_err[1])
+    c = mc_samples.crossings(runs, [1, 2, 4, 8])
+    assert c["within_ci"] == 2
+    # paired MC - WS: T=2: (0.025, 0.025, 0.02) > 0 significantly; T=4: (0.015, 0.01, 0.01): still
+    # significant; T=8: (0, 0, -0.005): CI reaches 0
+    assert stats.paired_difference(mc_err[4], 1 - ws_acc)["ci_low"] > 0
+    assert c["paired_ci"] == 8 and c["mean"] == 8
+    # a curve that matches at T=2 and leaves again at T=4 matches only from T=8 on
+    worse = runs.assign(**{"err/mc4": [0.2, 0.2, 0.2]})
+    assert mc_samples.crossings(worse, [1, 2, 4, 8])["within_ci"] == 8
+    one = mc_samples.crossings(runs.iloc[:1], [1, 2, 4, 8])
+    assert one["within_ci"] == "n/a" and one["paired_ci"] == "n/a"
+
+
+def test_mc_samples_build(tmp_path):
+    rng = np.random.default_rng(2)
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128]
+    rows = [
+        {"cfg.method.name": "dropout", "cfg.dropout.p": p, "cfg.seed": seed}
+        | _metrics(rng, ["deterministic", *(f"mc{t}" for t in sizes)], 0.88)
+        for p in (0.1, 0.5)
+        for seed in SEEDS
+    ]
+    section = mc_samples.build(pd.DataFrame(rows), tmp_path)
+    assert section.figures == ["error_vs_T"] and (tmp_path / "error_vs_T.png").exists()
+    crossing = pd.read_csv(tmp_path / "crossing.csv")
+    assert list(crossing["p"]) == [0.1, 0.5]
+    assert "MC T=128 - WS" in crossing and "MC - WS not significant from T" in crossing
+    assert len(pd.read_csv(tmp_path / "error_vs_T.csv")) == 2 * (1 + len(sizes))
