@@ -219,8 +219,24 @@ def block_keep_mask(
     gamma = block_seed_rate(tuple(spatial), block_size, float(p))
     seeds_shape = (n, 1 if share_channels else c, *(s + block_size - 1 for s in spatial))
     seeds = (_uniform(seeds_shape, generator, device, dtype) < gamma).to(dtype)
-    dropped = _MAX_POOL[len(spatial)](seeds, kernel_size=block_size, stride=1)
-    return 1.0 - dropped
+    return 1.0 - block_max(seeds, block_size)
+
+
+def block_max(seeds: Tensor, block_size: int) -> Tensor:
+    """Stride-1 max over every ``b^d`` window of ``seeds`` ``(N, C, *(L + b - 1))`` -> ``(N, C, *L)``.
+
+    Max is separable: one pass of width ``b`` per spatial axis makes ``d * b`` comparisons per
+    position instead of ``b^d``, with identical output. Measured on CPU
+    (``benchmarks/bench_dropblock.py``) an extra pass costs about twice its comparisons: separable
+    is 1.6x faster at b = 7, 0.75x at b = 3 (2-D), so it is used only where ``b^d > 2 d b``."""
+    d = seeds.dim() - 2
+    pool = _MAX_POOL[d]
+    if block_size**d <= 2 * d * block_size:
+        return pool(seeds, kernel_size=block_size, stride=1)
+    for axis in range(d):
+        kernel = tuple(block_size if a == axis else 1 for a in range(d))
+        seeds = pool(seeds, kernel_size=kernel, stride=1)
+    return seeds
 
 
 def sample_noise(

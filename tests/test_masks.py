@@ -439,3 +439,14 @@ def test_functional_deterministic_pass(p, scale):
     assert torch.equal(y, x if scale == "inverted" else x * (1 - p))
     assert masks.dropout(x, 0.0, scale=scale) is x
     assert masks.dropout(x, 0.0, scale=scale, training=False) is x
+
+
+@pytest.mark.parametrize("dims,block", [(1, 5), (2, 3), (2, 4), (2, 7), (3, 3)])
+def test_block_max_equals_one_square_max_pool(dims, block):
+    """The separable per-axis max (used for large blocks) gives exactly the b^d-window max."""
+    from dropens.masks import _MAX_POOL, block_max
+
+    g = torch.Generator().manual_seed(dims * 10 + block)
+    seeds = (torch.rand(2, 3, *([9 + block - 1] * dims), generator=g) < 0.1).float()
+    expected = _MAX_POOL[dims](seeds, kernel_size=block, stride=1)
+    assert torch.equal(block_max(seeds, block), expected)
