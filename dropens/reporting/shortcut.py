@@ -141,7 +141,10 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
 def _paired(long: pd.DataFrame) -> pd.DataFrame:
     """Each method minus ``plain`` at the same rho, paired by seed, for the reliance measures."""
     rows = []
-    for (method, rho), group in long.groupby(["method", "rho"], sort=False):
+    order = {m: i for i, (m, _) in enumerate(METHODS)}
+    keys = sorted(long.groupby(["method", "rho"]).groups, key=lambda k: (k[1], order.get(k[0], 99)))
+    for method, rho in keys:
+        group = long[(long["method"] == method) & np.isclose(long["rho"], rho)]
         base = long[(long["method"] == "plain") & np.isclose(long["rho"], rho)]
         if method == "plain" or base.empty:
             continue
