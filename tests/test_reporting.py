@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from dropens.cli import main
 from dropens.errors import ConfigError
 from dropens.reporting import build_report
-from dropens.reporting.common import seed_stats
+from dropens.reporting.common import seed_stats, summarize_groups
 from dropens.results import RunRecord
 from dropens.study import expand
 
@@ -64,3 +65,11 @@ def test_seed_stats_interval_is_the_t_interval():
     s = seed_stats([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975,2} = 4.303
     assert s["mean"] == 2.0 and abs(s["ci_high"] - (2 + 4.3027 / 3**0.5)) < 1e-3
     assert seed_stats([0.5])["n"] == 1 and seed_stats([])["n"] == 0
+
+
+def test_summarize_groups_keeps_its_columns_without_any_group():
+    """A partial study (e.g. no plain run complete yet) must still report the rest."""
+    empty = summarize_groups(pd.DataFrame(columns=["arch", "acc"]), ["arch"], ["acc"])
+    assert empty.empty
+    assert list(empty.columns) == ["arch", "n", "acc_mean", "acc_std", "acc_lo", "acc_hi"]
+    assert empty[empty["arch"] == "mlp"].empty  # the builders' filters work on it

@@ -71,7 +71,9 @@ def summarize_groups(df: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]
                 }
             )
         rows.append(row)
-    return pd.DataFrame(rows)
+    # the columns even without a group (a partial study: e.g. no plain run complete yet)
+    columns = [*by, "n", *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "lo", "hi"))]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def ci_yerr(s: dict[str, float]) -> list[list[float]] | None:
