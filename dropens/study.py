@@ -257,6 +257,51 @@ def results_dir(plan: Plan) -> Path:
     return Path(plan.runs[0]["results_root"]) / plan.name if plan.runs else Path()
 
 
+STUDY_LOG = "study_log.jsonl"
+
+
+def log_invocation(
+    plan: Plan, launcher: str, workers: int, trained: int, elapsed_s: float, cpus: int | None
+) -> None:
+    """Append one line per ``dropens study`` invocation that trained something to
+    ``results/<study>/study_log.jsonl``: the measured wall time the report quotes as the study's
+    cost (summed over invocations, since an interrupted study resumes in a later one).
+
+    Args:
+        workers: parallel runs (local pool size, or the SLURM array's task count).
+        cpus: CPU cores of the machine the runs shared (local), ``None`` for SLURM.
+    """
+    import datetime
+    import json
+    import socket
+
+    if trained == 0:
+        return
+    entry = {
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "launcher": launcher,
+        "workers": workers,
+        "cpus": cpus,
+        "host": socket.gethostname(),
+        "trained": trained,
+        "elapsed_s": round(elapsed_s, 1),
+    }
+    path = results_dir(plan) / STUDY_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_study_log(study_dir: Path) -> list[dict]:
+    """The entries :func:`log_invocation` wrote for a study folder (empty when none)."""
+    import json
+
+    path = Path(study_dir) / STUDY_LOG
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def summary_line(record: RunRecord) -> str:
     """``acc 0.955 nll 0.143`` of a record's deterministic (or members) row, for progress output."""
     metrics = record.metrics()

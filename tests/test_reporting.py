@@ -40,6 +40,28 @@ def test_report_writes_figures_tables_and_section(study_root, tmp_path, capsys):
     assert "8 of 8 runs complete, 0 incomplete, 0 missing" in capsys.readouterr().out
 
 
+def test_report_quotes_the_measured_study_time(study_root, tmp_path):
+    """The study command logged its wall time; REPORT.md quotes it and the summed run times."""
+    from dropens.reporting.markdown import compute_line
+    from dropens.study import read_study_log
+
+    log = read_study_log(study_root / "quickstart")
+    assert len(log) == 1 and log[0]["trained"] == 8 and log[0]["launcher"] == "local"
+    runs_s = [
+        RunRecord(r.path).info()["wall_s"]
+        for r in expand("quickstart", [*OVERRIDES, f"results_root={study_root}"]).records()
+    ]
+    assert (
+        0 < max(runs_s) <= log[0]["elapsed_s"] <= sum(runs_s) + 120
+    )  # one worker: runs back to back
+    build_report("quickstart", [*OVERRIDES, f"results_root={study_root}"], reports_root=tmp_path)
+    report = (tmp_path / "REPORT.md").read_text()
+    assert compute_line(runs_s, log) in report
+    assert "for 8 runs over 1 invocation(s) (local, 1 in parallel on" in report
+    # a record without a wall time is left out of the sum and the count, not counted as zero
+    assert compute_line([60.0, float("nan")], []).startswith("1 runs: 1 min of")
+
+
 def test_incomplete_and_missing_runs_are_listed_not_used(study_root, tmp_path, capsys):
     overrides = [*OVERRIDES, f"results_root={study_root}"]
     record = expand("quickstart", overrides).records()[0]

@@ -11,7 +11,7 @@ import traceback
 from dropens.data import build_datamodule
 from dropens.errors import ConfigError
 from dropens.results import RunRecord
-from dropens.study import Plan, run_one, summary_line
+from dropens.study import Plan, log_invocation, run_one, summary_line
 
 
 def check_data(plan: Plan) -> None:
@@ -34,6 +34,7 @@ def launch_local(plan: Plan) -> int:
     )
     start = time.time()
     workers = int(plan.launcher.get("workers", 1))
+    n_pending = len(pending)
     if workers > 1 and len(pending) > 1:
         failed = _launch_pool(pending, workers)
         pending = []
@@ -57,7 +58,9 @@ def launch_local(plan: Plan) -> int:
             flush=True,
         )
     done = sum(r.done for r in plan.records())
-    print(f"study {plan.name}: {done}/{total} runs complete ({time.time() - start:.0f}s)")
+    elapsed = time.time() - start
+    log_invocation(plan, "local", workers, n_pending - len(failed), elapsed, os.cpu_count())
+    print(f"study {plan.name}: {done}/{total} runs complete ({elapsed:.0f}s)")
     if failed:
         print(f"failed ({len(failed)}): " + ", ".join(failed))
     return 0 if done == total else 1

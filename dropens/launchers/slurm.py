@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dropens.errors import ConfigError
-from dropens.study import Plan, results_dir, run_one
+from dropens.study import Plan, log_invocation, results_dir, run_one
 
 
 def executor_parameters(launcher: dict[str, Any], name: str) -> dict[str, Any]:
@@ -51,11 +51,13 @@ def launch_slurm(plan: Plan) -> int:
     folder = Path(plan.launcher.get("folder") or results_dir(plan) / ".submitit")
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     executor.update_parameters(**executor_parameters(plan.launcher, plan.name))
+    start = time.time()
     jobs = executor.map_array(run_one, pending)
     print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {folder}")
     if not plan.launcher.get("wait", True):
         return 0
     failed = _wait(jobs)
+    log_invocation(plan, "slurm", len(jobs), len(jobs) - len(failed), time.time() - start, None)
     done = sum(r.done for r in plan.records())
     print(f"study {plan.name}: {done}/{total} runs complete")
     return 0 if done == total and not failed else 1

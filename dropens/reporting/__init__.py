@@ -27,9 +27,9 @@ from dropens.reporting import (
     shortcut,
     structured,
 )
-from dropens.reporting.markdown import update_report_md
+from dropens.reporting.markdown import compute_line, update_report_md
 from dropens.results import load_study
-from dropens.study import expand, load_study_file
+from dropens.study import expand, load_study_file, read_study_log
 
 Builder = Callable[[pd.DataFrame, Path], common.Section]
 BUILDERS: dict[str, Builder] = {
@@ -112,6 +112,7 @@ def build_report(
         commits=commits,
         incomplete=incomplete,
         missing=missing,
+        compute=compute_line(list(done["wall_s"].astype(float)), read_study_log(root / plan.name)),
     )
     if wandb:
         from dropens.reporting.wandb_report import log_report

@@ -25,6 +25,26 @@ def _end(name: str) -> str:
     return f"<!-- END study:{name} -->"
 
 
+def compute_line(wall_s: list[float], log: list[dict]) -> str:
+    """What a study cost: the summed per-run wall time of its records and, where the study log has
+    them, the measured wall time of the ``dropens study`` invocations that trained them."""
+    known = [w for w in wall_s if w == w]  # NaN: a record without a wall time
+    text = f"{len(known)} runs: {sum(known) / 60:.0f} min of training and evaluation in total (sum of per-run wall times)"
+    if log:
+        how = sorted(
+            {
+                f"{e['launcher']}, {e['workers']} in parallel"
+                + (f" on {e['cpus']} CPU cores" if e.get("cpus") else "")
+                for e in log
+            }
+        )
+        text += (
+            f"; measured wall time of `dropens study`: {sum(e['elapsed_s'] for e in log) / 60:.0f} min "
+            f"for {sum(e['trained'] for e in log)} runs over {len(log)} invocation(s) ({'; '.join(how)})"
+        )
+    return text + "."
+
+
 def section_markdown(
     name: str,
     study: Study,
@@ -35,6 +55,7 @@ def section_markdown(
     incomplete: list[str],
     missing: list[str],
     finding: str | None,
+    compute: str = "",
 ) -> str:
     lines = [
         _begin(name),
@@ -48,6 +69,8 @@ def section_markdown(
     lines.append(
         f"**Records.** {n_done} complete runs, seeds {seeds}, from commit(s) {', '.join(commits) or 'unknown'}."
     )
+    if compute:
+        lines.append(f"**Compute.** {compute}")
     if incomplete or missing:
         lines.append(
             f"Not used: {len(incomplete)} incomplete and {len(missing)} missing runs "
@@ -84,12 +107,13 @@ def update_report_md(
     commits: list[str],
     incomplete: list[str],
     missing: list[str],
+    compute: str = "",
 ) -> None:
     """Replace (or append) the study's section of ``path``, keeping every other section."""
     finding_file = path.parent / name / "finding.md"
     finding = finding_file.read_text() if finding_file.exists() else None
     body = section_markdown(
-        name, study, section, n_done, seeds, commits, incomplete, missing, finding
+        name, study, section, n_done, seeds, commits, incomplete, missing, finding, compute
     )
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(re.escape(_begin(name)) + r".*?" + re.escape(_end(name)), re.S)
