@@ -98,10 +98,13 @@ def ci_cell(row: pd.Series | dict, metric: str, digits: int = 3) -> str:
 
 
 def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> str:
-    """Write ``out_dir/stem.png`` (150 dpi) and ``.pdf``; closes the figure; returns ``stem``."""
+    """Write ``out_dir/stem.png`` (150 dpi) and ``.pdf``; closes the figure; returns ``stem``.
+
+    No creation date in the PDF, so regenerating a report from the same records rewrites
+    byte-identical files (git shows only figures whose content changed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / f"{stem}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(out_dir / f"{stem}.pdf", bbox_inches="tight")
+    fig.savefig(out_dir / f"{stem}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
     return stem
 
@@ -129,6 +132,22 @@ def band(
             alpha=0.2,
             lw=0,
         )
+
+
+def band_table(ax: plt.Axes, x: Any, table: pd.DataFrame, key: str, **kw: Any) -> None:
+    """:func:`band` of a summary table's ``{key}_mean``, ``{key}_lo`` and ``{key}_hi`` columns
+    (one row per x, as :func:`summarize_groups` writes them)."""
+    cols = (table[f"{key}_{part}"].to_numpy() for part in ("mean", "lo", "hi"))
+    band(ax, np.asarray(x), *cols, **kw)
+
+
+def band_stats(
+    ax: plt.Axes, x: Any, stats: Sequence[dict[str, float]], centre: str = "mean", **kw: Any
+) -> None:
+    """:func:`band` of one :func:`seed_stats` (or paired-difference) dict per x: the line is
+    ``stats[i][centre]``, the band ``ci_low`` to ``ci_high``."""
+    cols = (np.array([s[k] for s in stats]) for k in (centre, "ci_low", "ci_high"))
+    band(ax, np.asarray(x), *cols, **kw)
 
 
 def hline_ci(

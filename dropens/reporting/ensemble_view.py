@@ -26,7 +26,8 @@ import pandas as pd
 from dropens.reporting.common import (
     PALETTE,
     Section,
-    band,
+    band_stats,
+    band_table,
     ci_cell,
     ci_yerr,
     fmt_ci,
@@ -133,21 +134,19 @@ def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section)
                 )
                 g = g.sort_values("cfg.method.k")
                 key = f"test/clean/members/member_{m}"
-                band(
+                band_table(
                     ax,
                     ks,
-                    g[f"test/clean/members/{m}_mean"].to_numpy(),
-                    g[f"test/clean/members/{m}_lo"].to_numpy(),
-                    g[f"test/clean/members/{m}_hi"].to_numpy(),
+                    g,
+                    f"test/clean/members/{m}",
                     color=PALETTE["subnets"],
                     label="K subnetworks, average",
                 )
-                band(
+                band_table(
                     ax,
                     ks,
-                    g[f"{key}_mean"].to_numpy(),
-                    g[f"{key}_lo"].to_numpy(),
-                    g[f"{key}_hi"].to_numpy(),
+                    g,
+                    key,
                     color=PALETTE["subnets"],
                     ls="--",
                     label="K subnetworks, one member (mean)",
@@ -293,10 +292,10 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
             )
             if ts:
                 s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in ts]
-                band(
+                band_stats(
                     ax,
                     np.array(ts),
-                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    s,
                     color=PALETTE["dropout"],
                     label="MC dropout, T masks",
                 )
@@ -307,10 +306,10 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                     seed_stats(sub.loc[sub["cfg.method.k"] == k, f"test/clean/members/{m}"])
                     for k in ks
                 ]
-                band(
+                band_stats(
                     ax,
                     np.array(ks),
-                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    s,
                     color=PALETTE["subnets"],
                     label="K fixed subnetworks (trained with K)",
                 )
@@ -328,10 +327,10 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                 cols = [f"test/clean/members@{k}/{m}" for k in ms] + [f"test/clean/members/{m}"]
                 ms = [*ms, int(ens["cfg.method.k"].iloc[0])]
                 s = [seed_stats(ens[c]) for c in cols]
-                band(
+                band_stats(
                     ax,
                     np.array(ms),
-                    *(np.array([x[k] for x in s]) for k in ("mean", "ci_low", "ci_high")),
+                    s,
                     color=PALETTE["ensemble"],
                     label="first m of 4 independent nets",
                 )

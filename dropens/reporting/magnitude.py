@@ -19,7 +19,8 @@ import pandas as pd
 
 from dropens.reporting.common import (
     Section,
-    band,
+    band_stats,
+    band_table,
     ci_cell,
     save_figure,
     seed_stats,
@@ -91,12 +92,11 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
             sub = summary[summary["cfg.dropout.scale"] == scale].sort_values("cfg.dropout.p")
             for ws, ls in (("ws_off", "-"), ("ws_on", "--")):
                 key = f"test/clean/{ws}/{m}"
-                band(
+                band_table(
                     ax,
                     sub["cfg.dropout.p"].to_numpy(),
-                    sub[f"{key}_mean"].to_numpy(),
-                    sub[f"{key}_lo"].to_numpy(),
-                    sub[f"{key}_hi"].to_numpy(),
+                    sub,
+                    key,
                     color=color,
                     ls=ls,
                     label=f"scale={scale}, eval x{'1' if ws == 'ws_off' else ' keep'}",
@@ -137,12 +137,10 @@ def _signal_ratio(mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
                 per_run = rows[(rows["scale"] == scale) & (rows["layer"] == layer)]
                 ps = sorted(per_run["p"].unique())
                 s = [seed_stats(per_run.loc[per_run["p"] == p, col]) for p in ps]
-                band(
+                band_stats(
                     ax,
                     np.array(ps),
-                    np.array([x["mean"] for x in s]),
-                    np.array([x["ci_low"] for x in s]),
-                    np.array([x["ci_high"] for x in s]),
+                    s,
                     color=color,
                     ls=styles[li % 4],
                     label=f"scale={scale}, dropout layer {li + 1} ({layer})",
@@ -265,12 +263,11 @@ def _batchnorm(bn: pd.DataFrame, mags: pd.DataFrame, out_dir: Path, section: Sec
             ("mc32", "#de8f05", "MC T=32"),
         ):
             key = f"test/clean/{s}/acc"
-            band(
+            band_table(
                 ax,
                 sub["cfg.dropout.p"].to_numpy(),
-                sub[f"{key}_mean"].to_numpy(),
-                sub[f"{key}_lo"].to_numpy(),
-                sub[f"{key}_hi"].to_numpy(),
+                sub,
+                key,
                 color=color,
                 label=label,
             )

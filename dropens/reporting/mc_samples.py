@@ -24,7 +24,7 @@ from dropens.errors import ConfigError
 from dropens.reporting.common import (
     PALETTE,
     Section,
-    band,
+    band_stats,
     fmt_ci,
     fmt_paired,
     hline_ci,
@@ -188,10 +188,10 @@ def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path
         ):
             ax = axes[i, j]
             s = [seed_stats(runs[mc_key.format(t=t)]) for t in sizes]
-            band(
+            band_stats(
                 ax,
                 x,
-                *(np.array([v[k] for v in s]) for k in ("mean", "ci_low", "ci_high")),
+                s,
                 color=PALETTE["dropout"],
                 label="MC dropout, average of T masks",
             )
@@ -206,10 +206,11 @@ def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path
                 ax.axvline(50, color="k", lw=0.8, ls=":", label="T = 50 (Srivastava et al. 2014)")
         ax = axes[2, j]
         d = [paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic") for t in sizes]
-        band(
+        band_stats(
             ax,
             x,
-            *(np.array([v[k] for v in d]) for k in ("mean_diff", "ci_low", "ci_high")),
+            d,
+            centre="mean_diff",
             color="#555555",
             label="MC - weight scaling (paired by seed)",
         )

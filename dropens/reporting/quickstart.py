@@ -22,7 +22,7 @@ from dropens.metrics.calibration import reliability
 from dropens.reporting.common import (
     PALETTE,
     Section,
-    band,
+    band_stats,
     ci_cell,
     ci_yerr,
     fmt_ci,
@@ -121,12 +121,10 @@ def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, m in zip(axes, METRICS):
         s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in sizes]
-        band(
+        band_stats(
             ax,
             np.array(sizes),
-            np.array([x["mean"] for x in s]),
-            np.array([x["ci_low"] for x in s]),
-            np.array([x["ci_high"] for x in s]),
+            s,
             color=PALETTE["dropout"],
             label="dropout, MC average of T masks",
         )

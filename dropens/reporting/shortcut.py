@@ -27,7 +27,7 @@ from dropens.data.faces import render, sample_faces
 from dropens.reporting.common import (
     PALETTE,
     Section,
-    band,
+    band_table,
     ci_cell,
     ci_yerr,
     fmt_paired,
@@ -237,12 +237,11 @@ def _rho_sweep(summary: pd.DataFrame, out_dir: Path) -> str:
             rows = summary[summary["method"] == m].sort_values("rho")
             if len(rows) < 2:
                 continue
-            band(
+            band_table(
                 ax,
                 rows["rho"].to_numpy(),
-                rows[f"{col}_mean"].to_numpy(),
-                rows[f"{col}_lo"].to_numpy(),
-                rows[f"{col}_hi"].to_numpy(),
+                rows,
+                f"{col}",
                 color=colour,
                 label=m,
             )
