@@ -309,9 +309,10 @@ def train(config: Mapping[str, Any]) -> RunRecord:
 
 
 def summarize(record: RunRecord, keys: tuple[str, ...] = ("acc", "nll", "ece")) -> str:
-    """A short text table of a record's headline metrics."""
+    """A short text table of a record's headline metrics: one line per (set, strategy) that has at
+    least one of ``keys`` (the OOD AUROCs and the teeth-pair metrics have none and are left out)."""
     metrics = record.metrics()
-    rows = sorted({k.rsplit("/", 1)[0] for k in metrics})
+    rows = sorted({k.rsplit("/", 1)[0] for k in metrics if k.rsplit("/", 1)[-1] in keys})
     lines = [f"{'':32s}" + "".join(f"{k:>9s}" for k in keys)]
     for row in rows:
         lines.append(

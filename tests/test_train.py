@@ -222,3 +222,23 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch)
     train(cfg)
     assert record.done
     assert json.loads((record.path / "run.json").read_text())["steps"] == 45
+
+
+def test_summary_lists_only_rows_with_headline_metrics(tmp_path):
+    """`dropens train` prints acc/nll/ece rows; OOD AUROCs and teeth-pair rows (none of those keys)
+    are not printed as rows of NaN."""
+    from dropens.train import summarize
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "test/clean/deterministic/acc": 0.9,
+                "test/clean/deterministic/nll": 0.3,
+                "test/ood/deterministic/auroc_maxprob": 0.8,
+                "test/teeth/deterministic/flip_rate": 0.1,
+            }
+        )
+    )
+    lines = summarize(RunRecord(tmp_path)).splitlines()
+    assert [ln.split()[0] for ln in lines[1:-2]] == ["test/clean/deterministic"]
+    assert lines[1].split()[1:3] == ["0.9000", "0.3000"] and lines[1].split()[3] == "nan"
