@@ -320,7 +320,8 @@ def _curves(long: pd.DataFrame, runs: pd.DataFrame, series: list[Series], out_di
             ts = ", temperature-scaled" if scaled else ""
             ax.set_title(f"{LABELS[metric]}{ts}", fontsize=10)
     for col in (1, 2):  # same scale with and without scaling
-        lo = min(axes[0, col].get_ylim()[0], axes[1, col].get_ylim()[0])
+        # accuracy, NLL and ECE are >= 0; a t-band of 3 seeds may reach below
+        lo = max(0.0, min(axes[0, col].get_ylim()[0], axes[1, col].get_ylim()[0]))
         hi = max(axes[0, col].get_ylim()[1], axes[1, col].get_ylim()[1])
         axes[0, col].set_ylim(lo, hi)
         axes[1, col].set_ylim(lo, hi)
@@ -391,7 +392,7 @@ def _by_corruption(
             if j == 0:
                 ax.set_ylabel(LABELS[metric])
     for i in range(len(metrics)):  # one y scale per metric row
-        lo = min(ax.get_ylim()[0] for ax in axes[i])
+        lo = max(0.0, min(ax.get_ylim()[0] for ax in axes[i]))  # every metric is >= 0
         hi = max(ax.get_ylim()[1] for ax in axes[i])
         for ax in axes[i]:
             ax.set_ylim(lo, hi)
