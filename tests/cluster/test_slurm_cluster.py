@@ -116,6 +116,8 @@ def test_quickstart_study_on_slurm(slurm_cluster, tmp_path):
     incomplete = [p.name for p in run_dirs if not (p / "DONE").is_file()]
     assert not incomplete, (incomplete, log)
     # the study log records the array's measured wall time, which REPORT.md quotes
-    entries = [json.loads(line) for line in (study_dir / "study_log.jsonl").read_text().splitlines()]
+    entries = [
+        json.loads(line) for line in (study_dir / "study_log.jsonl").read_text().splitlines()
+    ]
     assert len(entries) == 1 and entries[0]["launcher"] == "slurm", entries
     assert entries[0]["trained"] == n_runs and entries[0]["elapsed_s"] > 0, entries
