@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from dropens.errors import check_choice
@@ -131,9 +131,12 @@ def log_run_figures(
         labels = arrays[f"labels/{name}"].long()
         rel = reliability(probs, labels)
         fig, ax = plt.subplots(figsize=(4, 4))
-        ok = rel["count"] > 0
-        centers = (torch.arange(len(ok)) + 0.5) / len(ok)
-        ax.bar(centers[ok], rel["accuracy"][ok], width=1 / len(ok), edgecolor="k", alpha=0.8)
+        ok = (rel["count"] > 0).numpy()
+        centers = (np.arange(len(ok)) + 0.5) / len(ok)
+        accuracy = rel[
+            "accuracy"
+        ].numpy()  # numpy for matplotlib (tensors trip NumPy 2's __array_wrap__)
+        ax.bar(centers[ok], accuracy[ok], width=1 / len(ok), edgecolor="k", alpha=0.8)
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set(
             xlabel="confidence",
