@@ -1,7 +1,7 @@
 # The few obvious targets (STYLE.md 12). `make main` and `make test` are the README's two commands.
 VENV := .venv/bin
 
-.PHONY: setup main test test-slow test-cluster lint format bench studies reports
+.PHONY: setup main test test-slow test-cluster test-cluster-slow lint format bench studies reports
 
 setup:
 	@bash scripts/setup.sh
@@ -15,10 +15,13 @@ test: setup  ## lint + the default (fast) test suite
 	$(VENV)/pytest -q
 
 test-slow: setup  ## long tests: real trainings to reference accuracy, every study config
-	$(VENV)/pytest -q -m slow
+	$(VENV)/pytest -q -m "slow and not cluster"
 
 test-cluster: setup  ## the SLURM tests, as root: the fixture starts a local single-node cluster (scripts/slurm_cluster.sh)
-	$(VENV)/pytest -q -m cluster
+	$(VENV)/pytest -q -m "cluster and not slow"
+
+test-cluster-slow: setup  ## every issue-6 study's tiny form as a SLURM job array (~15 min on 2 cores)
+	$(VENV)/pytest -q -m "cluster and slow"
 
 lint: setup
 	$(VENV)/ruff check . && $(VENV)/ruff format --check .
@@ -29,9 +32,10 @@ format: setup
 bench: setup  ## performance ratios, printed side by side
 	@for f in benchmarks/bench_*.py; do $(VENV)/python $$f; done
 
+STUDIES := $(basename $(notdir $(wildcard experiments/*.yaml)))
+
 studies: setup  ## the full studies behind reports/ (hours on a laptop; see README for SLURM)
-	$(VENV)/dropens study magnitude
-	$(VENV)/dropens study ensemble_view
+	@for s in $(STUDIES); do $(VENV)/dropens study $$s launcher.workers=2 || exit 1; done
 
 reports: setup  ## regenerate every figure of reports/ from the run records (no training)
-	@for s in quickstart magnitude ensemble_view; do $(VENV)/dropens report $$s; done
+	@for s in $(STUDIES); do $(VENV)/dropens report $$s || exit 1; done

@@ -121,3 +121,42 @@ def test_quickstart_study_on_slurm(slurm_cluster, tmp_path):
     ]
     assert len(entries) == 1 and entries[0]["launcher"] == "slurm", entries
     assert entries[0]["trained"] == n_runs and entries[0]["elapsed_s"] > 0, entries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["mask_distributions", "structured", "shortcut", "shift", "mc_samples"]
+)
+def test_study_tiny_form_on_slurm(slurm_cluster, tmp_path, name):
+    """Each study of issue 6 runs as a SLURM job array in its tiny form (one seed, the study's smoke
+    overrides) and reports from the records the tasks wrote (slow: `make test-cluster-slow`)."""
+    overrides = [
+        "launcher=slurm",
+        "smoke=true",
+        "seeds=[0]",
+        f"results_root={tmp_path / 'results'}",
+        "logger=csv",
+        f"launcher.partition={slurm_cluster.partition}",
+        "launcher.cpus_per_task=1",
+    ]
+    done = subprocess.run(
+        [str(DROPENS), "study", name, *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=STUDY_TIMEOUT_S * 3,
+    )
+    log = f"exit {done.returncode}\n--- stdout\n{done.stdout[-5000:]}\n--- stderr\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, log
+    n_runs = grid_size(name, n_seeds=1)
+    assert f"study {name}: {n_runs}/{n_runs} runs complete" in done.stdout, log
+    report = subprocess.run(
+        [str(DROPENS), "report", name, *overrides, "--out", str(tmp_path / "reports")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"{n_runs} of {n_runs} runs complete" in report.stdout, report.stdout
+    assert (tmp_path / "reports" / name / "runs.csv").is_file()
