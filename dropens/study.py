@@ -22,7 +22,10 @@ where it stopped.
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
+import json
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,10 +274,6 @@ def log_invocation(
         workers: parallel runs (local pool size, or the SLURM array's task count).
         cpus: CPU cores of the machine the runs shared (local), ``None`` for SLURM.
     """
-    import datetime
-    import json
-    import socket
-
     if trained == 0:
         return
     entry = {
@@ -294,8 +293,6 @@ def log_invocation(
 
 def read_study_log(study_dir: Path) -> list[dict]:
     """The entries :func:`log_invocation` wrote for a study folder (empty when none)."""
-    import json
-
     path = Path(study_dir) / STUDY_LOG
     if not path.exists():
         return []
