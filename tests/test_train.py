@@ -196,14 +196,16 @@ def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    """A crash mid-training leaves the epoch-end checkpoint and no DONE; the rerun resumes from it."""
+    """A crash mid-training leaves the epoch-end checkpoint and no DONE; the rerun resumes from it
+    and ends with exactly the metrics of the same run trained without interruption (the checkpoint
+    carries the global RNG states, so the resumed run draws the same dropout masks)."""
     import torch
 
     from dropens.methods.dropout import DropoutMethod
 
-    cfg = _config(
-        tmp_path, "study=resume", "trainer.max_steps=45", "trainer.val_check_interval=1.0"
-    )
+    overrides = ("study=resume", "trainer.max_steps=45", "trainer.val_check_interval=1.0")
+    cfg = _config(tmp_path / "resumed", *overrides)
+    straight = train(_config(tmp_path / "straight", *overrides))
     original = DropoutMethod.training_step
 
     def crash_at_40(self, batch, batch_idx):
@@ -218,10 +220,16 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch)
     assert not record.done
     ckpt = torch.load(record.path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 37  # the end of epoch 1
+    # killed again after resuming: the checkpoint the resumed run re-saved at step 37 must still
+    # carry the interrupted run's RNG stream
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg)
     monkeypatch.setattr(DropoutMethod, "training_step", original)
     train(cfg)
     assert record.done
     assert json.loads((record.path / "run.json").read_text())["steps"] == 45
+    resumed_metrics = json.loads((record.path / "metrics.json").read_text())
+    assert resumed_metrics == json.loads((straight.path / "metrics.json").read_text())
 
 
 def test_summary_lists_only_rows_with_headline_metrics(tmp_path):

@@ -53,7 +53,8 @@ class TensorLoader:
 
     Each pass uses the current :attr:`epoch` then increments it (read when the first batch is
     requested); :meth:`set_epoch` sets it explicitly (Lightning does this through
-    ``loader.sampler`` at every epoch start, so resumed runs continue the same order).
+    ``loader.sampler`` at every epoch start; :class:`dropens.methods.base.Method` then sets it
+    from the optimizer step, which stays right after resuming from a checkpoint).
     Not sharded across processes: with DDP every rank would see the whole set (the project runs
     on one device).
     """

@@ -20,6 +20,7 @@ from dropens import control
 from dropens.errors import ConfigError, check_choice
 from dropens.metrics.wrappers import PredictionMetrics
 from dropens.models import build_model
+from dropens.rng import rng_state, set_rng_state
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
@@ -56,6 +57,7 @@ class Method(L.LightningModule):
             0.0  # epoch mean of the training loss, logged once per epoch
         )
         self._loss_count = 0
+        self._resume_rng: dict[str, Any] | None = None  # set by on_load_checkpoint
         self.val_metrics = nn.ModuleDict(
             {name: PredictionMetrics(n_bins=n_bins) for name in self.validation_strategies()}
         )
@@ -93,6 +95,31 @@ class Method(L.LightningModule):
             self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # The batch order of an epoch is a function of the loader's epoch index. Lightning's own
+        # count is one ahead after resuming from an end-of-epoch checkpoint (it replays the saved
+        # epoch as an empty one), so index epochs by the optimizer steps taken instead: a resumed
+        # run sees the batches the uninterrupted run saw.
+        loader = self.trainer.train_dataloader
+        n_batches = self.trainer.num_training_batches
+        if hasattr(loader, "set_epoch") and 0 < n_batches < math.inf:
+            batches = self.global_step * self.trainer.accumulate_grad_batches
+            loader.set_epoch(int(batches // n_batches))
+        # ... and continues the global RNG stream saved with the checkpoint (after the sanity
+        # validation, which sets its own draws aside), so it draws the same dropout masks.
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed run re-saves the restored checkpoint before its first step: keep the saved
+        # stream, not the fresh process's
+        pending = self._resume_rng
+        checkpoint["dropens_rng_state"] = pending if pending is not None else rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("dropens_rng_state")
+
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
             self.log("train/loss_epoch", self._loss_sum / self._loss_count, on_epoch=True)
@@ -111,10 +138,7 @@ class Method(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Validation samples MC masks; keep it from consuming the training RNG, so the training
         # trajectory does not depend on how often validation runs.
-        self._rng_state = torch.get_rng_state()
-        self._cuda_rng_state = (
-            torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        )
+        self._rng_state = rng_state()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -122,9 +146,7 @@ class Method(L.LightningModule):
             self.val_metrics[label].update(fn(x), y)
 
     def on_validation_epoch_end(self) -> None:
-        torch.set_rng_state(self._rng_state)
-        if self._cuda_rng_state is not None:
-            torch.cuda.set_rng_state_all(self._cuda_rng_state)
+        set_rng_state(self._rng_state)
         for label, metric in self.val_metrics.items():
             values = metric.compute()
             metric.reset()
