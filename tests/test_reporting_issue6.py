@@ -43,6 +43,24 @@ def test_paired_by_seed_aligns_seeds_and_formats():
     assert common.fmt_p(0.0004) == "p<0.001" and common.fmt_p(float("nan")) == "-"
 
 
+def test_multiplicity_line_and_holm_column_hand_computed():
+    """Holm over [0.01, 0.04, 0.03, 0.2] (a NaN row has no test): sorted, (4-j+1) p_(j) =
+    0.04, 0.09, 0.08 -> running max 0.09, 0.2; only the first stays below 0.05."""
+    p = [0.01, 0.04, 0.03, 0.2, float("nan")]
+    line = common.multiplicity_line(p, "toy")
+    assert line.startswith("Multiplicity, toy: 4 paired tests, 3 with p < 0.05 (~0.2 expected")
+    assert line.endswith("1 significant after Holm's correction (smallest adjusted p = 0.040).")
+    assert common.multiplicity_line([float("nan")], "toy") == ""
+    table = common.with_holm(pd.DataFrame({"row": list("abcde"), "pvalue": p}))
+    assert list(table.columns) == ["row", "Holm p"]
+    assert list(table["Holm p"]) == ["p=0.040", "p=0.090", "p=0.090", "p=0.200", "-"]
+
+
+def _tests_in(paired: pd.DataFrame) -> int:
+    """Cells of a paired table that carry a test: ``... [lo, hi], p=...``."""
+    return int(sum(paired[c].astype(str).str.contains(r"\], p[=<]").sum() for c in paired))
+
+
 def test_mask_distributions_build(tmp_path):
     rng = np.random.default_rng(0)
     labels = ["deterministic", "mc1", "mc2", "mc32"]
@@ -67,6 +85,8 @@ def test_mask_distributions_build(tmp_path):
     assert len(paired) == 2 * 3 * 2 * 2  # model x p x (gaussian, uniform) x evaluation
     assert paired["diff acc"].str.contains(r"\], p[=<]").all()
     assert any("vs bernoulli" in line and "p=" in line for line in section.results)
+    family = [ln for ln in section.results if ln.startswith("Multiplicity")]
+    assert len(family) == 1 and f": {_tests_in(paired)} paired tests," in family[0]
     for stem in section.figures:
         assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
 
@@ -124,6 +144,8 @@ def test_structured_labels_order_and_build(tmp_path):
     paired = pd.read_csv(tmp_path / "paired.csv")
     assert set(paired["vs"]) == {"element"} and "element" not in set(paired["structure"])
     assert (paired.loc[paired["evaluation"] == "deterministic", "diff mi"] == "-").all()
+    family = [ln for ln in section.results if ln.startswith("Multiplicity")]
+    assert len(family) == 1 and f": {_tests_in(paired)} paired tests," in family[0]
 
 
 def test_mc_samples_crossing_hand_computed():

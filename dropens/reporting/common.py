@@ -215,6 +215,37 @@ def paired_by_seed(
     return stats.paired_difference(x.loc[seeds].to_numpy(), y.loc[seeds].to_numpy())
 
 
+def multiplicity_line(pvalues: Sequence[float], family: str, alpha: float = 0.05) -> str:
+    """One results line on a family of paired tests: how many are nominally significant, how many
+    that is by chance alone, and how many survive Holm's family-wise correction
+    (:func:`dropens.metrics.stats.holm`). Non-finite p-values (no pairs) are left out; ``""``
+    when none is left."""
+    p = np.asarray([v for v in pvalues if np.isfinite(v)], dtype=float)
+    if not p.size:
+        return ""
+    adjusted = stats.holm(p)
+    return (
+        f"Multiplicity, {family}: {p.size} paired tests, {int((p < alpha).sum())} with p < {alpha}"
+        f" (~{alpha * p.size:.1f} expected by chance if nothing differed); "
+        f"{int((adjusted < alpha).sum())} significant after Holm's correction"
+        f" (smallest adjusted p = {adjusted.min():.3f})."
+    )
+
+
+def with_holm(table: pd.DataFrame, pcol: str = "pvalue") -> pd.DataFrame:
+    """``table`` (one paired test per row, raw p-values in ``pcol``) with ``pcol`` replaced by a
+    ``Holm p`` column: the p-values adjusted over the whole table as one family
+    (:func:`dropens.metrics.stats.holm`; ``-`` where a row has no test)."""
+    if table.empty:
+        return table
+    p = table[pcol].astype(float).to_numpy()
+    ok = np.isfinite(p)
+    adjusted = np.full(p.shape, np.nan)
+    if ok.any():
+        adjusted[ok] = stats.holm(p[ok])
+    return table.drop(columns=pcol).assign(**{"Holm p": [fmt_p(v) for v in adjusted]})
+
+
 def fmt_p(p: float) -> str:
     """``p=0.031``, ``p<0.001``, or ``-`` without a test (one seed)."""
     if not np.isfinite(p):

@@ -27,6 +27,7 @@ from dropens.reporting.common import (
     fmt_ci,
     fmt_paired,
     headline_t,
+    multiplicity_line,
     paired_by_seed,
     require_columns,
     save_figure,
@@ -121,6 +122,7 @@ def _paired_table(
     section: Section,
 ) -> str:
     rows = []
+    pvalues: list[float] = []
     for arch in archs:
         runs = drop[drop["cfg.model.name"] == arch]
         for p in sorted(runs["cfg.dropout.p"].unique()):
@@ -152,6 +154,7 @@ def _paired_table(
                         d = paired_by_seed(sub, ref, f"test/clean/{strategy}/{m}")
                         diverse = m in METRICS or strategy == mc
                         row[f"diff {m}"] = fmt_paired(d, 4) if diverse else "-"
+                        pvalues += [d["pvalue"]] if diverse else []
                     rows.append(row)
             name = ARCHS.get(arch, arch)
             what = {"acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mutual information"}
@@ -159,6 +162,8 @@ def _paired_table(
                 section.results.append(
                     f"{name}, p={p}, MC T={mc[2:]}, {what[m]}: " + "; ".join(cells)
                 )
+    if line := multiplicity_line(pvalues, "every cell of `paired.md`"):
+        section.results.append(line)
     return write_table(pd.DataFrame(rows), out_dir, "paired")
 
 

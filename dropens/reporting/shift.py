@@ -35,10 +35,12 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_paired,
+    multiplicity_line,
     paired_by_seed,
     save_figure,
     seed_stats,
     summarize_groups,
+    with_holm,
     write_table,
 )
 
@@ -202,7 +204,10 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.tables.append(write_table(ood, out_dir, "ood"))
     paired = _paired(runs, names)
     if not paired.empty:
-        section.tables.append(write_table(paired.drop(columns="headline"), out_dir, "paired"))
+        table = with_holm(paired.drop(columns="headline"))
+        section.tables.append(write_table(table, out_dir, "paired"))
+        if line := multiplicity_line(paired["pvalue"], "every row of `paired.md`"):
+            section.results.append(line)
     for key, name in names.items():
         section.results.append(_result_line(summary, key, name))
     for _, r in paired[paired["headline"]].iterrows():
@@ -256,6 +261,7 @@ def _paired(runs: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
                 "comparison": what,
                 "metric": text,
                 "difference [95% CI], p": fmt_paired(d, 4),
+                "pvalue": d["pvalue"],
                 "headline": scaled == (False, False) and key != "auroc_entropy",
             }
         )
@@ -278,7 +284,7 @@ def _paired(runs: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
                 text = f"OOD AUROC, {SCORES[score]}"
                 add(a, b, (False, False), f"auroc_{score}", text, f"{names[a]} - {names[b]}")
     return pd.DataFrame(
-        rows, columns=["comparison", "metric", "difference [95% CI], p", "headline"]
+        rows, columns=["comparison", "metric", "difference [95% CI], p", "pvalue", "headline"]
     )
 
 

@@ -31,11 +31,13 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_paired,
+    multiplicity_line,
     paired_by_seed,
     require_columns,
     save_figure,
     seed_stats,
     summarize_groups,
+    with_holm,
     write_table,
 )
 
@@ -115,7 +117,9 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.tables.append(write_table(table, out_dir, "summary"))
     paired = _paired(long)
     if not paired.empty:
-        section.tables.append(write_table(paired, out_dir, "paired"))
+        section.tables.append(write_table(with_holm(paired), out_dir, "paired"))
+        if line := multiplicity_line(paired["pvalue"], "every row of `paired.md`"):
+            section.results.append(line)
     main = summary[np.isclose(summary["rho"], MAIN_RHO)]
     for _, r in main.iterrows():
         section.results.append(
@@ -157,6 +161,7 @@ def _paired(long: pd.DataFrame) -> pd.DataFrame:
                     "measure": col,
                     "seeds": int(d["n"]),
                     "difference vs plain [95% CI], paired t": fmt_paired(d),
+                    "pvalue": d["pvalue"],
                 }
             )
     return pd.DataFrame(rows)

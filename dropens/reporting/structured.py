@@ -28,6 +28,7 @@ from dropens.reporting.common import (
     fmt_ci,
     fmt_paired,
     headline_t,
+    multiplicity_line,
     paired_by_seed,
     require_columns,
     save_figure,
@@ -128,6 +129,7 @@ def _paired_table(
     df: pd.DataFrame, archs: list[str], mc: str, out_dir: Path, section: Section
 ) -> str:
     rows = []
+    pvalues: list[float] = []
     what = {"acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mutual information"}
     for arch in archs:
         runs = df[df["arch"] == arch]
@@ -161,16 +163,16 @@ def _paired_table(
                     "evaluation": s,
                     "pairs": int(paired_by_seed(sub, ref, f"test/clean/{s}/acc")["n"]),
                 }
-                for m in (*METRICS, *DIVERSITY):
-                    key = f"test/clean/{s}/{m}"
-                    row[f"diff {m}"] = (
-                        fmt_paired(paired_by_seed(sub, ref, key), 4)
-                        if m in METRICS or s == mc
-                        else "-"
-                    )
+                for m in (*METRICS, *DIVERSITY):  # no diversity in one deterministic pass
+                    d = paired_by_seed(sub, ref, f"test/clean/{s}/{m}")
+                    diverse = m in METRICS or s == mc
+                    row[f"diff {m}"] = fmt_paired(d, 4) if diverse else "-"
+                    pvalues += [d["pvalue"]] if diverse else []
                 rows.append(row)
         for m, cells in lines.items():
             section.results.append(f"{arch}, {what[m]}, MC T={mc[2:]}: " + "; ".join(cells))
+    if line := multiplicity_line(pvalues, "every cell of `paired.md`"):
+        section.results.append(line)
     return write_table(pd.DataFrame(rows), out_dir, "paired")
 
 
