@@ -31,7 +31,7 @@ from dropens.data.shift import CORRUPTIONS, SEVERITIES, parse_set_name
 from dropens.reporting.common import (
     PALETTE,
     Section,
-    band,
+    band_stats,
     ci_cell,
     ci_yerr,
     fmt_paired,
@@ -288,11 +288,6 @@ def _paired(runs: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     )
 
 
-def _stats(values: pd.Series) -> tuple[float, float, float]:
-    s = seed_stats(values)
-    return s["mean"], s["ci_low"], s["ci_high"]
-
-
 def _plot_series(
     ax: plt.Axes, frame: pd.DataFrame, s: Series, metric: str, x_key: str = "severity"
 ) -> None:
@@ -300,8 +295,8 @@ def _plot_series(
     xs = sorted(part[x_key].unique())
     if not xs:
         return
-    vals = np.array([_stats(part.loc[part[x_key] == x, metric]) for x in xs])
-    band(ax, np.array(xs), vals[:, 0], vals[:, 1], vals[:, 2], color=s.color, ls=s.ls, label=s.name)
+    per_x = [seed_stats(part.loc[part[x_key] == x, metric]) for x in xs]
+    band_stats(ax, xs, per_x, color=s.color, ls=s.ls, label=s.name)
 
 
 def _severity_axis(ax: plt.Axes) -> None:
