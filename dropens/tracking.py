@@ -133,9 +133,8 @@ def log_run_figures(
         fig, ax = plt.subplots(figsize=(4, 4))
         ok = (rel["count"] > 0).numpy()
         centers = (np.arange(len(ok)) + 0.5) / len(ok)
-        accuracy = rel[
-            "accuracy"
-        ].numpy()  # numpy for matplotlib (tensors trip NumPy 2's __array_wrap__)
+        # numpy for matplotlib (tensors trip NumPy 2's __array_wrap__)
+        accuracy = rel["accuracy"].numpy()
         ax.bar(centers[ok], accuracy[ok], width=1 / len(ok), edgecolor="k", alpha=0.8)
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set(

@@ -43,7 +43,7 @@ def test_paired_by_seed_aligns_seeds_and_formats():
     assert common.fmt_p(0.0004) == "p<0.001" and common.fmt_p(float("nan")) == "-"
 
 
-def test_multiplicity_line_and_holm_column_hand_computed():
+def test_multiplicity_line_and_holm_column_hand_computed(tmp_path):
     """Holm over [0.01, 0.04, 0.03, 0.2] (a NaN row has no test): sorted, (4-j+1) p_(j) =
     0.04, 0.09, 0.08 -> running max 0.09, 0.2; only the first stays below 0.05."""
     p = [0.01, 0.04, 0.03, 0.2, float("nan")]
@@ -51,9 +51,14 @@ def test_multiplicity_line_and_holm_column_hand_computed():
     assert line.startswith("Multiplicity, toy: 4 paired tests, 3 with p < 0.05 (~0.2 expected")
     assert line.endswith("1 significant after Holm's correction (smallest adjusted p = 0.040).")
     assert common.multiplicity_line([float("nan")], "toy") == ""
-    table = common.with_holm(pd.DataFrame({"row": list("abcde"), "pvalue": p}))
+    section = common.Section()
+    common.write_paired_table(section, pd.DataFrame({"row": list("abcde"), "pvalue": p}), tmp_path)
+    table = pd.read_csv(tmp_path / "paired.csv")
     assert list(table.columns) == ["row", "Holm p"]
     assert list(table["Holm p"]) == ["p=0.040", "p=0.090", "p=0.090", "p=0.200", "-"]
+    assert section.tables == ["paired"] and section.results == [
+        line.replace("toy", "every row of `paired.md`")
+    ]
 
 
 def _tests_in(paired: pd.DataFrame) -> int:

@@ -215,35 +215,46 @@ def paired_by_seed(
     return stats.paired_difference(x.loc[seeds].to_numpy(), y.loc[seeds].to_numpy())
 
 
-def multiplicity_line(pvalues: Sequence[float], family: str, alpha: float = 0.05) -> str:
-    """One results line on a family of paired tests: how many are nominally significant, how many
-    that is by chance alone, and how many survive Holm's family-wise correction
-    (:func:`dropens.metrics.stats.holm`). Non-finite p-values (no pairs) are left out; ``""``
-    when none is left."""
-    p = np.asarray([v for v in pvalues if np.isfinite(v)], dtype=float)
-    if not p.size:
-        return ""
-    adjusted = stats.holm(p)
-    return (
-        f"Multiplicity, {family}: {p.size} paired tests, {int((p < alpha).sum())} with p < {alpha}"
-        f" (~{alpha * p.size:.1f} expected by chance if nothing differed); "
-        f"{int((adjusted < alpha).sum())} significant after Holm's correction"
-        f" (smallest adjusted p = {adjusted.min():.3f})."
-    )
-
-
-def with_holm(table: pd.DataFrame, pcol: str = "pvalue") -> pd.DataFrame:
-    """``table`` (one paired test per row, raw p-values in ``pcol``) with ``pcol`` replaced by a
-    ``Holm p`` column: the p-values adjusted over the whole table as one family
-    (:func:`dropens.metrics.stats.holm`; ``-`` where a row has no test)."""
-    if table.empty:
-        return table
-    p = table[pcol].astype(float).to_numpy()
+def holm_adjusted(pvalues: Sequence[float]) -> np.ndarray:
+    """:func:`dropens.metrics.stats.holm` over the finite p-values of ``pvalues`` as one family;
+    NaN where a comparison has no test (no pairs). ``[m]`` in the input order."""
+    p = np.asarray(pvalues, dtype=float)
     ok = np.isfinite(p)
     adjusted = np.full(p.shape, np.nan)
     if ok.any():
         adjusted[ok] = stats.holm(p[ok])
-    return table.drop(columns=pcol).assign(**{"Holm p": [fmt_p(v) for v in adjusted]})
+    return adjusted
+
+
+def multiplicity_line(pvalues: Sequence[float], family: str, alpha: float = 0.05) -> str:
+    """One results line on a family of paired tests: how many are nominally significant, how many
+    that is by chance alone, and how many survive Holm's family-wise correction
+    (:func:`holm_adjusted`). Non-finite p-values (no pairs) are left out; ``""`` when none is
+    left."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = holm_adjusted(p)
+    ok = np.isfinite(p)
+    if not ok.any():
+        return ""
+    return (
+        f"Multiplicity, {family}: {ok.sum()} paired tests, {int((p[ok] < alpha).sum())} with"
+        f" p < {alpha} (~{alpha * ok.sum():.1f} expected by chance if nothing differed); "
+        f"{int((adjusted[ok] < alpha).sum())} significant after Holm's correction"
+        f" (smallest adjusted p = {adjusted[ok].min():.3f})."
+    )
+
+
+def write_paired_table(
+    section: Section, table: pd.DataFrame, out_dir: Path, pcol: str = "pvalue"
+) -> None:
+    """A table of one paired test per row (raw p-values in ``pcol``) as ``paired.{csv,md}``, with
+    ``pcol`` replaced by a ``Holm p`` column (the table is one family), and its
+    :func:`multiplicity_line` among the section's results."""
+    adjusted = holm_adjusted(table[pcol])
+    shown = table.drop(columns=pcol).assign(**{"Holm p": [fmt_p(v) for v in adjusted]})
+    section.tables.append(write_table(shown, out_dir, "paired"))
+    if line := multiplicity_line(table[pcol], "every row of `paired.md`"):
+        section.results.append(line)
 
 
 def fmt_p(p: float) -> str:

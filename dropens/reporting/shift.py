@@ -35,12 +35,11 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_paired,
-    multiplicity_line,
     paired_by_seed,
     save_figure,
     seed_stats,
     summarize_groups,
-    with_holm,
+    write_paired_table,
     write_table,
 )
 
@@ -204,10 +203,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.tables.append(write_table(ood, out_dir, "ood"))
     paired = _paired(runs, names)
     if not paired.empty:
-        table = with_holm(paired.drop(columns="headline"))
-        section.tables.append(write_table(table, out_dir, "paired"))
-        if line := multiplicity_line(paired["pvalue"], "every row of `paired.md`"):
-            section.results.append(line)
+        write_paired_table(section, paired.drop(columns="headline"), out_dir)
     for key, name in names.items():
         section.results.append(_result_line(summary, key, name))
     for _, r in paired[paired["headline"]].iterrows():

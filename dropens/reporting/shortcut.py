@@ -31,13 +31,12 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_paired,
-    multiplicity_line,
     paired_by_seed,
     require_columns,
     save_figure,
     seed_stats,
     summarize_groups,
-    with_holm,
+    write_paired_table,
     write_table,
 )
 
@@ -117,9 +116,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.tables.append(write_table(table, out_dir, "summary"))
     paired = _paired(long)
     if not paired.empty:
-        section.tables.append(write_table(with_holm(paired), out_dir, "paired"))
-        if line := multiplicity_line(paired["pvalue"], "every row of `paired.md`"):
-            section.results.append(line)
+        write_paired_table(section, paired, out_dir)
     main = summary[np.isclose(summary["rho"], MAIN_RHO)]
     for _, r in main.iterrows():
         section.results.append(
