@@ -77,6 +77,9 @@ from dropens.metrics.summary import prediction_metrics
 EVAL_STRATEGIES = ("deterministic", "mc", "members", "ws_off", "ws_on", "bn_recomputed")
 # the weight-scaling probe: strategy -> forced multiplier of every dropout layer's deterministic pass
 WS_PROBES = {"ws_off": "one", "ws_on": "keep"}
+# the probes every dropout-family method adds to its plan: weight scaling forced off / on, and
+# BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm)
+DROPOUT_PROBES = (*WS_PROBES, "bn_recomputed")
 BN_BATCH_SIZE = 128  # rows per forward of recompute_bn when no training batch size is given
 MAGNITUDE_EXAMPLES = 512  # examples of the magnitudes record: cheap, and enough for pooled moments
 FIT_SET = "val"  # the eval set temperature scaling is fitted on

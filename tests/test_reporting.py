@@ -95,3 +95,20 @@ def test_summarize_groups_keeps_its_columns_without_any_group():
     assert empty.empty
     assert list(empty.columns) == ["arch", "n", "acc_mean", "acc_std", "acc_lo", "acc_hi"]
     assert empty[empty["arch"] == "mlp"].empty  # the builders' filters work on it
+
+
+def test_ensemble_view_panel_titles_name_the_2d_cnn_widths():
+    """The Fashion-MNIST arm runs a narrowed CNN: its panels say so; the 1-D CNN's int width does not."""
+    from dropens.reporting.ensemble_view import _title
+
+    df = pd.DataFrame(
+        {
+            "cfg.data.name": ["fashion_mnist", "fashion_mnist", "mnist1d"],
+            "cfg.model.name": ["cnn2d", "cnn2d", "cnn1d"],
+            "cfg.model.channels": ["[8, 16]", "[8, 16]", 25],  # as dropens.results flattens them
+        }
+    )
+    assert _title(df, "fashion_mnist", "cnn2d") == "Fashion-MNIST CNN (8/16 ch.)"
+    assert _title(df, "mnist1d", "cnn1d") == "MNIST-1D CNN"
+    mixed = df.assign(**{"cfg.model.channels": ["[8, 16]", "[32, 64]", 25]})
+    assert _title(mixed, "fashion_mnist", "cnn2d") == "Fashion-MNIST CNN"  # no single width to name

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dropens import control
 from dropens.errors import check_choice
+from dropens.evaluation import DROPOUT_PROBES
 from dropens.methods.base import Method, require
 
 OBJECTIVES = ("member", "ensemble")
@@ -47,13 +48,7 @@ class DropoutMethod(Method):
     # single-subnetwork metrics member_acc / member_nll); the weight-scaling probe (ws_off, ws_on)
     # and BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm):
     # one deterministic pass each
-    eval_strategies: ClassVar[tuple[str, ...]] = (
-        "deterministic",
-        "mc",
-        "ws_off",
-        "ws_on",
-        "bn_recomputed",
-    )
+    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "mc", *DROPOUT_PROBES)
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:

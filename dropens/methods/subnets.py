@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from dropens import control
 from dropens.errors import ConfigError, check_choice
+from dropens.evaluation import DROPOUT_PROBES
 from dropens.methods.base import Method, require
 from dropens.methods.dropout import OBJECTIVES, stacked_loss
 
@@ -67,14 +68,7 @@ class Subnets(Method):
 
     name: ClassVar[str] = "subnets"
     # + the weight-scaling probe and recomputed BatchNorm statistics, as for dropout
-    eval_strategies: ClassVar[tuple[str, ...]] = (
-        "deterministic",
-        "members",
-        "mc",
-        "ws_off",
-        "ws_on",
-        "bn_recomputed",
-    )
+    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "members", "mc", *DROPOUT_PROBES)
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:

@@ -17,6 +17,7 @@ One panel per (data, model):
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,6 +53,22 @@ def _kind(row: pd.Series) -> str:
     if name == "dropout" and row.get("cfg.eval.exhaustive") is True:
         return "exhaustive"
     return str(name)
+
+
+def _title(df: pd.DataFrame, data: str, model: str) -> str:
+    """A panel's name, with the 2-D CNN's channel widths when all its runs share them.
+
+    Why: the Fashion-MNIST arm runs a narrowed CNN on CPU (experiments/ensemble_view.yaml); the
+    figures should say which network they show.
+    """
+    name = PRETTY.get((data, model), f"{data} {model}")
+    if "cfg.model.channels" in df:
+        rows = df[(df["cfg.data.name"] == data) & (df["cfg.model.name"] == model)]
+        # lists are stored as JSON text (dropens.results); the 1-D CNN's width is a number
+        widths = {c for c in rows["cfg.model.channels"] if isinstance(c, str) and c.startswith("[")}
+        if len(widths) == 1:
+            name += f" ({'/'.join(map(str, json.loads(widths.pop())))} ch.)"
+    return name
 
 
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -184,13 +201,13 @@ def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section)
             ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
             ax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+                ax.set_title(_title(df, data, model))
         if len(ks):
             g = summarize_groups(sub, ["cfg.method.k"], ["test/clean/members/acc"]).sort_values(
                 "cfg.method.k"
             )
             section.results.append(
-                f"{PRETTY.get((data, model))}: subnets accuracy by K: "
+                f"{_title(df, data, model)}: subnets accuracy by K: "
                 + "; ".join(
                     f"K={int(r['cfg.method.k'])}: {ci_cell(r, 'test/clean/members/acc')}"
                     for _, r in g.iterrows()
@@ -260,11 +277,11 @@ def _decomposition(df: pd.DataFrame, panels: list, out_dir: Path, section: Secti
                     label=name if j == 0 else None,
                 )
                 section.results.append(
-                    f"{PRETTY.get((data, model))}: {name} ({'accuracy' if m == 'acc' else 'NLL'}): "
+                    f"{_title(df, data, model)}: {name} ({'accuracy' if m == 'acc' else 'NLL'}): "
                     f"{fmt_ci(s['mean'], s['ci_low'], s['ci_high'], 4)} ({int(s['n'])} paired seeds)"
                 )
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(panels)), [PRETTY.get(p, str(p)) for p in panels], fontsize=8)
+        ax.set_xticks(range(len(panels)), [_title(df, *p) for p in panels], fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -349,7 +366,7 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
             ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
             ax.grid(alpha=0.3)
             if i == 0:
-                ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+                ax.set_title(_title(df, data, model))
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Accuracy and NLL vs number of members averaged (mean and 95% CI over seeds)")
     fig.tight_layout()
@@ -414,7 +431,7 @@ def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
             )
         ax.set_xlabel("disagreement of a member with the ensemble")
         ax.set_ylabel("member accuracy")
-        ax.set_title(PRETTY.get((data, model), f"{data} {model}"))
+        ax.set_title(_title(df, data, model))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Diversity-accuracy plane (Fort et al. 2019): mean and 95% CI over seeds")
