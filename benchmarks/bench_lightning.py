@@ -13,6 +13,10 @@ Rows (time per optimizer step over ``--steps`` steps after ``--warmup`` steps of
   the LR scheduler stepped per step;
 - ``- validation``: the same with ``limit_val_batches=0`` (no validation loop);
 - ``- self.log``: also a ``training_step`` without the per-step ``self.log("train/loss", ...)``;
+- ``- validation - self.log, manual optimization``: the same training step under Lightning's manual
+  optimization (``automatic_optimization = False``; ``manual_backward``, the wrapped optimizer's
+  ``step`` and the scheduler's ``step`` in ``training_step``): the automatic loop's closure and hooks
+  are skipped, what it costs is the rest of Lightning's per-step machinery;
 - ``- scheduler``: also ``configure_optimizers`` without the LR scheduler: what is left is the
   Lightning loop itself;
 - ``plain loop + scheduler``: ``for x, y in loader``: the method's ``training_loss``,
@@ -83,6 +87,23 @@ class NoLog(DropoutMethod):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return self.training_loss(x, y)
+
+
+class NoLogManual(NoLog):
+    """... trained with Lightning's manual optimization (the same optimizer and schedule)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        loss = self.training_loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()  # the wrapped optimizer: Lightning counts global_step here
+        sched.step()
 
 
 class NoLogNoScheduler(NoLog):
@@ -190,6 +211,9 @@ def variants(model: str, warmup: int, steps: int) -> dict[str, Callable[[], Step
         "  - validation": lambda: lightning_step(model, warmup, steps, validate=False),
         "  - validation - self.log": lambda: lightning_step(
             model, warmup, steps, NoLog, validate=False
+        ),
+        "  - validation - self.log, manual optimization": lambda: lightning_step(
+            model, warmup, steps, NoLogManual, validate=False
         ),
         "  - validation - self.log - scheduler": lambda: lightning_step(
             model, warmup, steps, NoLogNoScheduler, validate=False
