@@ -13,7 +13,15 @@ fi
 stamp=.venv/.dropens-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch 2.14.1 from this disk is a CUDA build: ~6 GB in .venv with its nvidia-* wheels. Say so before
+  # pip fails half-way with "No space left on device".
+  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  if ! .venv/bin/pip show torch >/dev/null 2>&1 && [ "$free_gb" -lt 7 ]; then
+    echo "[setup] error: disk: ${free_gb} GB free in $(pwd), need >= 7 GB for torch + torchvision (a CUDA build: ~6 GB in .venv)" >&2
+    exit 1
+  fi
   echo "[setup] installing torch, torchvision and dropens[dev] into .venv (first time: a few minutes)"
+  export PIP_NO_CACHE_DIR=1  # nothing to reuse: torch comes from this disk; keep the cache off it
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
   .venv/bin/pip install -q -e '.[dev]'
