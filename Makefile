@@ -37,5 +37,5 @@ STUDIES := $(basename $(notdir $(wildcard experiments/*.yaml)))
 studies: setup  ## the full studies behind reports/ (hours on a laptop; see README for SLURM)
 	@for s in $(STUDIES); do $(VENV)/dropens study $$s launcher.workers=2 || exit 1; done
 
-reports: setup  ## regenerate every figure of reports/ from the run records (no training)
-	@for s in $(STUDIES); do $(VENV)/dropens report $$s || exit 1; done
+reports: setup  ## regenerate every figure and table of reports/ (no training): from results/<study>/ where trained here, else from the committed records reports/<study>/records.jsonl
+	$(VENV)/dropens report --all

@@ -6,6 +6,8 @@
     dropens study quickstart launcher=slurm launcher.partition=gpu launcher.gpus_per_node=1
     dropens study quickstart --list  # the runs and which are complete; trains nothing
     dropens report quickstart        # reports/quickstart/ figures + tables, reports/REPORT.md
+    dropens report --all             # every study, from results/ or the committed records
+    dropens list                     # the studies, their claims, runs trained and committed
 
 Bad input prints one line (``error: <field>=<value> is not valid; choose one of: ...``) and exits
 with status 2 before anything is trained or written.
@@ -50,13 +52,35 @@ def _study(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from dropens.reporting import build_report
+    from dropens.study import study_names
 
-    build_report(args.name, args.overrides, reports_root=args.out, wandb=args.wandb)
+    if args.all == bool(args.name):
+        raise ConfigError("give one study name or --all (e.g. dropens report quickstart)")
+    for name in study_names() if args.all else [args.name]:
+        build_report(
+            name, args.overrides, reports_root=args.out, wandb=args.wandb, source=args.source
+        )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from dropens.study import overview
+
+    print(overview(args.out, args.overrides))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dropens", description=__doc__.split("\n")[0])
+    from dropens.config import config_dir
+    from dropens.study import experiments_dir
+
+    try:
+        where = f"configs: {config_dir()}; experiments: {experiments_dir()}"
+    except ConfigError as err:
+        where = str(err)
+    parser = argparse.ArgumentParser(
+        prog="dropens", description=__doc__.split("\n")[0], epilog=f"Reads {where}."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train and evaluate one run, writing its run record")
     p_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dropout.p=0.3 seed=1")
@@ -78,7 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_study.set_defaults(func=_study)
     p_report = sub.add_parser("report", help="figures + tables of a study from its run records")
-    p_report.add_argument("name", help="study name, e.g. quickstart")
+    p_report.add_argument("name", nargs="?", help="study name, e.g. quickstart")
+    p_report.add_argument("--all", action="store_true", help="every study of experiments/")
+    p_report.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=("auto", "results", "records"),
+        help="results: the run directories under results/NAME; records: the committed compact "
+        "records reports/NAME/records.jsonl; auto (default): results when it has a complete run",
+    )
     p_report.add_argument(
         "overrides",
         nargs="*",
@@ -89,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--wandb", action="store_true", help="also log the figures to a W&B report run (offline)"
     )
     p_report.set_defaults(func=_report)
+    p_list = sub.add_parser(
+        "list", help="the studies: claim, planned runs, complete in results/ and in the records"
+    )
+    p_list.add_argument("overrides", nargs="*", help="e.g. results_root=/shared/results")
+    p_list.add_argument("--out", default="reports", help="reports root (default: reports)")
+    p_list.set_defaults(func=_list)
     return parser
 
 

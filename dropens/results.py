@@ -24,7 +24,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from torch import Tensor
 DONE = "DONE"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling and move it into place (never a truncated file)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -129,10 +130,10 @@ class RunRecord:
         self.write_yaml("config.yaml", dict(config))
 
     def write_yaml(self, name: str, obj: Any) -> None:
-        _atomic_write(self.path / name, yaml.safe_dump(obj, sort_keys=False).encode())
+        atomic_write(self.path / name, yaml.safe_dump(obj, sort_keys=False).encode())
 
     def write_json(self, name: str, obj: Any) -> None:
-        _atomic_write(self.path / name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(self.path / name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
     def write_predictions(self, arrays: Mapping[str, Tensor | np.ndarray]) -> None:
         """Store ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}`` compactly.
@@ -146,11 +147,11 @@ class RunRecord:
             out[key] = arr.astype(np.int16 if key.startswith("labels/") else np.float16)
         buf = io.BytesIO()
         np.savez_compressed(buf, **out)
-        _atomic_write(self.path / "predictions.npz", buf.getvalue())
+        atomic_write(self.path / "predictions.npz", buf.getvalue())
 
     def finish(self, info: Mapping[str, Any] | None = None) -> None:
         """Write ``DONE`` last, atomically (its body: a small JSON of run info)."""
-        _atomic_write(self.path / DONE, json.dumps(dict(info or {}), sort_keys=True).encode())
+        atomic_write(self.path / DONE, json.dumps(dict(info or {}), sort_keys=True).encode())
 
     # ------------------------------------------------------------------ reading
 
@@ -160,18 +161,19 @@ class RunRecord:
     def metrics(self) -> dict[str, float]:
         return json.loads((self.path / "metrics.json").read_text())
 
-    def magnitudes(self) -> pd.DataFrame:
-        """``magnitudes.json`` as one row per (layer, ``input`` | ``output``, call).
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the record (``magnitudes.json``, ``occlusion.json``...); ``None`` if absent."""
+        path = self.path / name
+        return json.loads(path.read_text()) if path.exists() else None
 
-        Columns: those of :func:`dropens.metrics.magnitude.record_train_eval` (``layer, type,
-        kind, where, call, p``, ``{stat}_train``, ``{stat}_eval``, ``{stat}_ratio`` (eval/train),
-        ``var_ratio_predicted``, ``bn_running_var``, ``bn_eval_var``, ``bn_var_ratio``); the
-        file's header (``eval_set``, ``n_examples``, ``seed``, ``member``) is in ``df.attrs``.
-        """
-        data = json.loads((self.path / "magnitudes.json").read_text())
-        frame = pd.DataFrame(data["layers"])
-        frame.attrs.update({k: v for k, v in data.items() if k != "layers"})
-        return frame
+    def magnitudes(self) -> pd.DataFrame | None:
+        """``magnitudes.json`` as one row per (layer, ``input`` | ``output``, call); ``None`` if absent
+        (:func:`magnitudes_frame`)."""
+        return magnitudes_frame(self.read_json("magnitudes.json"))
+
+    def occlusion(self) -> dict[str, Any] | None:
+        """``occlusion.json`` (the shortcut study's occlusion-sensitivity map); ``None`` if absent."""
+        return self.read_json("occlusion.json")
 
     def info(self) -> dict[str, Any]:
         """``run.json`` (wall time, versions, commit, device); empty if absent."""
@@ -181,6 +183,21 @@ class RunRecord:
     def predictions(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "predictions.npz") as z:
             return {k: z[k] for k in z.files}
+
+
+def magnitudes_frame(data: Mapping[str, Any] | None) -> pd.DataFrame | None:
+    """A ``magnitudes.json`` document as one row per (layer, ``input`` | ``output``, call).
+
+    Columns: those of :func:`dropens.metrics.magnitude.record_train_eval` (``layer, type, kind,
+    where, call, p``, ``{stat}_train``, ``{stat}_eval``, ``{stat}_ratio`` (eval/train),
+    ``var_ratio_predicted``, ``bn_running_var``, ``bn_eval_var``, ``bn_var_ratio``); the header
+    (``eval_set``, ``n_examples``, ``seed``, ``member``) is in ``df.attrs``. ``None`` for ``None``.
+    """
+    if data is None:
+        return None
+    frame = pd.DataFrame(data["layers"])
+    frame.attrs.update({k: v for k, v in data.items() if k != "layers"})
+    return frame
 
 
 def _flatten(prefix: str, node: Any, out: dict[str, Any]) -> None:
@@ -201,29 +218,40 @@ def study_runs(results_root: str | os.PathLike, study: str) -> list[RunRecord]:
     return [RunRecord(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
 
 
-def load_study(
-    results_root: str | os.PathLike, study: str, include_incomplete: bool = False
-) -> pd.DataFrame:
-    """One row per run: flattened config (``cfg.<path>``), metrics (their own keys), ``run_id``, ``done``.
-
-    Incomplete runs (no ``DONE``) are left out unless ``include_incomplete``; their metrics are NaN.
-    """
+def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
+    """One row per run (a :class:`RunRecord` or a :class:`dropens.records.CompactRun`): the
+    flattened config (``cfg.<path>``), metrics (their own keys), ``run_id``, ``done``, ``path``,
+    run info (``git_commit``, ``git_dirty``, ``code_commit``, ``wall_s``, ``device``, ``steps``)
+    and ``record``: the run object itself (``record.magnitudes()``, ``.occlusion()``,
+    ``.reliability(key)`` read what a figure needs beyond the scalars)."""
     rows = []
-    for run in study_runs(results_root, study):
-        if not run.done and not include_incomplete:
-            continue
-        row: dict[str, Any] = {"run_id": run.path.name, "done": run.done, "path": str(run.path)}
+    for run in runs:
+        row: dict[str, Any] = {
+            "run_id": getattr(run, "run_id", run.path.name),
+            "done": run.done,
+            "path": str(run.path),
+        }
         cfg: dict[str, Any] = {}
         _flatten("cfg", run.config(), cfg)
         row.update(cfg)
         if run.done:
             row.update(run.metrics())
             info = run.info()
-            row.update(
-                {
-                    k: info.get(k)
-                    for k in ("git_commit", "git_dirty", "code_commit", "wall_s", "device", "steps")
-                }
-            )
+            row.update({k: info.get(k) for k in INFO_COLUMNS})
+        row["record"] = run
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+INFO_COLUMNS = ("git_commit", "git_dirty", "code_commit", "wall_s", "device", "steps")
+
+
+def load_study(
+    results_root: str | os.PathLike, study: str, include_incomplete: bool = False
+) -> pd.DataFrame:
+    """:func:`runs_frame` of a study's run directories under ``results_root``.
+
+    Incomplete runs (no ``DONE``) are left out unless ``include_incomplete``; their metrics are NaN.
+    """
+    runs = [r for r in study_runs(results_root, study) if r.done or include_incomplete]
+    return runs_frame(runs)

@@ -25,6 +25,7 @@ import copy
 import datetime
 import itertools
 import json
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -307,3 +308,46 @@ def summary_line(record: RunRecord) -> str:
         if acc is not None:
             return f"{label} acc {acc:.4f} nll {metrics[f'test/clean/{label}/nll']:.4f}"
     return ""
+
+
+def _first_sentence(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    # a full stop before a capital letter, not "et al. (", "Fig. 11", "e.g. x"
+    end = re.search(r"(?<!\bal)(?<!\bFig)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z\"])", text)
+    text = text[: end.start() + 1] if end else text
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def overview(reports_root: str | Path = "reports", overrides: Sequence[str] = ()) -> str:
+    """``dropens list``: one line per study of ``experiments/``: its planned runs (with
+    ``overrides``, e.g. ``results_root=...`` or ``smoke=true``), how many are complete in the
+    results root and in the committed compact records (``reports/<study>/records.jsonl``), and the
+    first sentence of its claim."""
+    from dropens.records import RECORDS_FILE, read_records
+
+    lines = [
+        f"configs: {config_dir()}",
+        f"experiments: {experiments_dir()}",
+        "",
+        f"{'study':20s} {'runs':>5s} {'results':>8s} {'records':>8s}  claim",
+    ]
+    for name in study_names():
+        try:
+            plan = expand(name, overrides)
+        except ConfigError as err:
+            lines.append(f"{name:20s} error: {err}")
+            continue
+        planned = {r.path.name for r in plan.records()}
+        local = sum(r.done for r in plan.records())
+        path = Path(reports_root) / plan.name / RECORDS_FILE
+        committed = len(planned & {r.run_id for r in read_records(path)[0]}) if path.exists() else 0
+        lines.append(
+            f"{name:20s} {len(planned):5d} {local:8d} {committed:8d}  "
+            f"{_first_sentence(plan.study.claim)}"
+        )
+    lines += [
+        "",
+        "results: complete run directories under the results root (trained here); records: runs "
+        "in the committed compact records, from which `dropens report NAME` regenerates figures",
+    ]
+    return "\n".join(lines)

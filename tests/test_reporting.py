@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pandas as pd
 import pytest
 
 from dropens.cli import main
 from dropens.errors import ConfigError
+from dropens.records import SCHEMA
 from dropens.reporting import build_report
 from dropens.reporting.common import seed_stats, summarize_groups
 from dropens.results import RunRecord
@@ -112,3 +116,72 @@ def test_ensemble_view_panel_titles_name_the_2d_cnn_widths():
     assert _title(df, "mnist1d", "cnn1d") == "MNIST-1D CNN"
     mixed = df.assign(**{"cfg.model.channels": ["[8, 16]", "[32, 64]", 25]})
     assert _title(mixed, "fashion_mnist", "cnn2d") == "Fashion-MNIST CNN"  # no single width to name
+
+
+def _report_files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_compact_records_regenerate_the_same_report(study_root, tmp_path, capsys):
+    """From results/, the report writes records.jsonl; from that file alone (no results/), every
+    figure, table and the REPORT.md section come out byte-identical."""
+    overrides = [*OVERRIDES, f"results_root={study_root}"]
+    first = build_report("quickstart", overrides, reports_root=tmp_path / "a")
+    assert "reading 8 complete run records from" in capsys.readouterr().out
+    lines = (first / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and all(json.loads(line)["schema"] == SCHEMA for line in lines)
+    shutil.copytree(first, tmp_path / "b" / "quickstart")
+    # a results root without this study: auto falls back to the committed records
+    fresh = [*OVERRIDES, f"results_root={tmp_path / 'empty'}"]
+    second = build_report("quickstart", fresh, reports_root=tmp_path / "b")
+    out = capsys.readouterr().out
+    assert f"reading 8 complete committed compact records from {second / 'records.jsonl'}" in out
+    assert _report_files(first) == _report_files(second)
+    assert (tmp_path / "a" / "REPORT.md").read_text() == (tmp_path / "b" / "REPORT.md").read_text()
+
+
+def test_a_deleted_line_is_missing_and_a_damaged_line_is_listed(study_root, tmp_path, capsys):
+    overrides = [*OVERRIDES, f"results_root={study_root}"]
+    out_dir = build_report("quickstart", overrides, reports_root=tmp_path)
+    path = out_dir / "records.jsonl"
+    lines = path.read_text().splitlines()  # sorted: dropout s0 s1, ensemble, plain, subnets
+    gone = json.loads(lines[4])["run_id"]
+    wrong_schema = json.loads(lines[2])
+    wrong_schema["schema"] = SCHEMA + 1
+    damaged = lines[6][: len(lines[6]) // 2]
+    kept = [lines[0], lines[1], json.dumps(wrong_schema), lines[3], lines[5], damaged, lines[7]]
+    path.write_text("\n".join(kept) + "\n")
+    capsys.readouterr()
+    build_report("quickstart", overrides, reports_root=tmp_path, source="records")
+    out = capsys.readouterr().out
+    assert f"line 3: schema {SCHEMA + 1}; this dropens reads schema {SCHEMA}" in out
+    assert "line 6: not JSON" in out
+    assert "5 of 8 runs complete, 0 incomplete, 3 missing" in out
+    assert f"missing (not run yet): {gone}" in out
+    assert wrong_schema["run_id"] not in (out_dir / "runs.csv").read_text()
+
+
+def test_report_from_records_without_records_is_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="no compact records"):
+        build_report(
+            "quickstart", [f"results_root={tmp_path}"], reports_root=tmp_path, source="records"
+        )
+
+
+def test_dropens_list_counts_results_and_records(study_root, tmp_path, capsys):
+    overrides = [*OVERRIDES, f"results_root={study_root}"]
+    build_report("quickstart", overrides, reports_root=tmp_path)
+    from dropens.study import overview
+
+    row = next(
+        line
+        for line in overview(tmp_path, overrides).splitlines()
+        if line.startswith("quickstart ")
+    )
+    assert row.split()[1:4] == ["8", "8", "8"]  # planned, complete in results, in the records
+    (tmp_path / "quickstart" / "records.jsonl").write_text("")
+    three = [*OVERRIDES[:1], "seeds=[0,1,2]", *OVERRIDES[2:], f"results_root={study_root}"]
+    text = overview(tmp_path, three)
+    row = next(line for line in text.splitlines() if line.startswith("quickstart "))
+    assert row.split()[1:4] == ["12", "8", "0"]
+    assert "experiments:" in text and "configs:" in text

@@ -9,6 +9,7 @@ import pytest
 
 from dropens.metrics import stats
 from dropens.reporting import common, mask_distributions, mc_samples, structured
+from dropens.results import RunRecord
 
 SEEDS = (0, 1, 2)
 
@@ -137,7 +138,7 @@ def test_structured_labels_order_and_build(tmp_path):
                 rows.append(
                     run
                     | {"cfg.data.name": data, "cfg.model.name": model, "cfg.seed": seed}
-                    | {"cfg.eval.mc_samples": 8, "path": str(tmp_path / "no_record")}
+                    | {"cfg.eval.mc_samples": 8, "record": RunRecord(tmp_path / "no_record")}
                     | _metrics(
                         rng,
                         ["deterministic"] if method == "plain" else ["deterministic", "mc8"],

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 
 from dropens.reporting.common import ci_yerr, seed_stats
-from dropens.results import RunRecord
 
 RUN_COLUMNS = {
     "cfg.method.name": "method",
@@ -24,10 +23,9 @@ def magnitude_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, recorded layer row) with the run's method/seed/p/scale/... columns."""
     frames = []
     for _, run in df.iterrows():
-        rec = RunRecord(run["path"])
-        if not (rec.path / "magnitudes.json").exists():
+        m = run["record"].magnitudes()
+        if m is None:
             continue
-        m = rec.magnitudes()
         for col, name in RUN_COLUMNS.items():
             m[name] = run.get(col, np.nan)
         frames.append(m)

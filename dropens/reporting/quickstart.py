@@ -2,7 +2,7 @@
 
 - ``mc_curve``: accuracy, NLL and ECE of MC dropout against the number of samples T (mean and 95%
   band over seeds), next to the deterministic pass and the K=4 explicit ensembles;
-- ``reliability``: reliability diagrams pooled over seeds (from the stored predictions);
+- ``reliability``: reliability diagrams pooled over seeds (from per-bin summaries of the stored predictions);
 - ``diversity``: mutual information, disagreement and ensemble gain of MC dropout (T = K and
   T = 32) vs K fixed subnetworks vs K independent networks;
 - ``magnitude``: per dropout layer, eval/train ratio of the mean and the variance of the
@@ -16,9 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
-from dropens.metrics.calibration import reliability
+from dropens.records import reliability
 from dropens.reporting.common import (
     PALETTE,
     Section,
@@ -34,7 +33,6 @@ from dropens.reporting.common import (
     write_table,
 )
 from dropens.reporting.magnitude_common import magnitude_rows, plot_signal_ratios
-from dropens.results import RunRecord
 
 METRICS = ("acc", "nll", "ece")
 LABELS = {"acc": "test accuracy", "nll": "test NLL", "ece": "test ECE (15 bins)"}
@@ -95,10 +93,9 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
                 f"{r['method']} ({r['strategy']}): accuracy {ci_cell(r, 'acc')}, NLL {ci_cell(r, 'nll')}, "
                 f"ECE {ci_cell(r, 'ece')} ({int(r['n'])} seeds)"
             )
-    section.figures.append(_mc_curve(df, out_dir))
-    fig = _reliability(df, out_dir)
-    if fig:
-        section.figures.append(fig)
+    for fig in (_mc_curve(df, out_dir), _reliability(df, out_dir)):
+        if fig:
+            section.figures.append(fig)
     section.figures.append(_diversity(long, out_dir))
     mags = magnitude_rows(df)
     if not mags.empty:
@@ -109,8 +106,10 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     return section
 
 
-def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
+def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str | None:
     drop = df[df["cfg.method.name"] == "dropout"]
+    if drop.empty:  # a partial study: no dropout run complete yet
+        return None
     sizes = sorted(
         {
             int(c.split("/")[2][2:])
@@ -155,24 +154,20 @@ def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
     return save_figure(fig, out_dir, "mc_curve")
 
 
-def _pooled_reliability(
-    df: pd.DataFrame, method: str, key: str, n_samples: int | None
-) -> dict | None:
+def _pooled_reliability(df: pd.DataFrame, method: str, label: str) -> dict | None:
+    """Reliability bars of ``method``'s prediction ``label`` on the clean test set, pooled over its
+    runs (seeds) from each run's per-bin summary (:func:`dropens.records.reliability`: the same
+    numbers from a run directory and from the committed compact records); ``None`` if a run lacks
+    it."""
     count = conf = hits = None
     for _, run in df[df["cfg.method.name"] == method].iterrows():
-        rec = RunRecord(run["path"])
-        if not (rec.path / "predictions.npz").exists():
+        r = reliability(run["record"], f"clean/{label}")
+        if r is None:
             return None
-        preds = rec.predictions()
-        if f"clean/{key}" not in preds:
-            return None
-        probs = torch.from_numpy(preds[f"clean/{key}"][:n_samples].astype(np.float32)).mean(0)
-        probs = probs / probs.sum(-1, keepdim=True)
-        r = reliability(probs, torch.from_numpy(preds["labels/clean"].astype(np.int64)))
-        c = r["count"].numpy().astype(float)
+        c = r["count"].astype(float)
         count = c if count is None else count + c
-        conf = np.nan_to_num(r["confidence"].numpy() * c) + (0 if conf is None else conf)
-        hits = np.nan_to_num(r["accuracy"].numpy() * c) + (0 if hits is None else hits)
+        conf = np.nan_to_num(r["confidence"] * c) + (0 if conf is None else conf)
+        hits = np.nan_to_num(r["accuracy"] * c) + (0 if hits is None else hits)
     if count is None:
         return None
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -187,7 +182,9 @@ def _reliability(df: pd.DataFrame, out_dir: Path) -> str | None:
         ("subnets", "members", None, "subnets K=4"),
         ("ensemble", "members", None, "ensemble K=4"),
     ]
-    data = [(p, _pooled_reliability(df, p[0], p[1], p[2])) for p in panels]
+    data = [
+        (p, _pooled_reliability(df, p[0], f"mc{p[2]}" if p[1] == "mc" else p[1])) for p in panels
+    ]
     data = [(p, d) for p, d in data if d is not None]
     if not data:
         return None

@@ -15,7 +15,6 @@ seed): mean difference with its 95% t-interval and the paired t-test p-value (``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -83,7 +82,7 @@ def _long(df: pd.DataFrame) -> pd.DataFrame:
             "method": variant(run),
             "rho": float(run["cfg.data.rho"]),
             "cfg.seed": int(run["cfg.seed"]),
-            "path": run["path"],
+            "record": run["record"],
         }
         for col, key, _ in MEASURES:
             row[col] = run.get("test/" + key.format(label=label), np.nan)
@@ -263,9 +262,8 @@ def _occlusion(long: pd.DataFrame, out_dir: Path) -> str | None:
     maps: dict[str, list[np.ndarray]] = {}
     meta = None
     for _, run in main.iterrows():
-        path = Path(run["path"]) / "occlusion.json"
-        if path.exists():
-            record = json.loads(path.read_text())
+        record = run["record"].occlusion()
+        if record is not None:
             maps.setdefault(run["method"], []).append(np.asarray(record["map"], dtype=float))
             meta = record
     methods = [m for m, _ in METHODS if m in maps]
