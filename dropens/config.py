@@ -67,3 +67,10 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain resolved dict of a config (what the run record stores)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def plain_dict(cfg: Any) -> dict[str, Any]:
+    """A resolved plain dict from a dict or an OmegaConf ``DictConfig`` (interpolations such as
+    ``${oc.env:DROPENS_DATA,...}`` are resolved in both)."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]

@@ -2,9 +2,11 @@
 
 :func:`eval_multiplier` also forces what the deterministic pass multiplies by (one or keep).
 
-Each context manager saves the mode/member state of every :class:`dropens.layers.Dropout` in the
-model and restores it on exit (also on exceptions). They do not touch ``model.training``: MC dropout
-at test time is ``model.eval()`` (BatchNorm uses running statistics) plus ``mc(model)``.
+Each context manager saves the switch (:class:`dropens.layers.Switch`: mode, members, eval
+multiplier, mask bank) of every :class:`dropens.layers.Dropout` in the model and restores it on exit
+(also on exceptions). They do not touch ``model.training``: MC dropout at test time is
+``model.eval()`` (BatchNorm uses running statistics) plus ``mc(model)``; :func:`preserved` saves and
+restores both, around any evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def dropout_layers(model: nn.Module) -> list[Dropout]:
     return [m for m in model.modules() if isinstance(m, Dropout)]
 
 
-def _require_layers(model: nn.Module, what: str) -> list[Dropout]:
+def require_layers(model: nn.Module, what: str) -> list[Dropout]:
     layers = [m for m in dropout_layers(model) if m.p > 0]
     if not layers:
         raise ConfigError(
@@ -34,8 +36,28 @@ def _require_layers(model: nn.Module, what: str) -> list[Dropout]:
 
 
 @contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore on exit (also on exceptions) what running a model can change: ``model.training``
+    of every submodule and the switch (:class:`dropens.layers.Switch`: mode, members, eval
+    multiplier, mask bank) of every dropout layer. Every context manager here, and every
+    evaluation (:func:`dropens.inference.predict`), saves and restores through this one place."""
+    layers = dropout_layers(model)
+    switches = [m.switch for m in layers]
+    training = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, switch in zip(layers, switches):
+            if m.switch.bank is not switch.bank:  # cached rows belong to the bank in use
+                m._bank_cache.clear()
+            m.switch = switch
+        for m, flag in training:
+            m.training = flag
+
+
+@contextmanager
 def _switched(layers: list[Dropout], mode: str, members=None, assignment=None) -> Iterator[None]:
-    saved = [(m.mode, m.members, m.assignment) for m in layers]
+    saved = [m.switch for m in layers]
     try:
         for m in layers:
             if members is not None:
@@ -43,8 +65,8 @@ def _switched(layers: list[Dropout], mode: str, members=None, assignment=None) -
             m.set_mode(mode)
         yield
     finally:
-        for m, (mode_, members_, assignment_) in zip(layers, saved):
-            m.mode, m.members, m.assignment = mode_, members_, assignment_
+        for m, switch in zip(layers, saved):
+            m.switch = switch
 
 
 @contextmanager
@@ -61,7 +83,7 @@ def mc(model: nn.Module) -> Iterator[nn.Module]:
     Raises:
         ConfigError: the model has no dropens dropout layer with ``p > 0``.
     """
-    with _switched(_require_layers(model, "MC dropout"), "sample"):
+    with _switched(require_layers(model, "MC dropout"), "sample"):
         yield model
 
 
@@ -79,7 +101,7 @@ def member(
     Raises:
         ConfigError: no dropout layer, or ``k`` outside ``[0, n_members)``.
     """
-    with _switched(_require_layers(model, "member masks"), "member", k, assignment):
+    with _switched(require_layers(model, "member masks"), "member", k, assignment):
         yield model
 
 
@@ -99,14 +121,14 @@ def eval_multiplier(model: nn.Module, multiplier: str) -> Iterator[nn.Module]:
     """
     check_choice("eval multiplier", multiplier, EVAL_MULTIPLIERS)
     layers = dropout_layers(model)
-    saved = [m.eval_multiplier for m in layers]
+    saved = [m.switch for m in layers]
     try:
         for m in layers:
             m.set_eval_multiplier(multiplier)
         yield model
     finally:
-        for m, value in zip(layers, saved):
-            m.eval_multiplier = value
+        for m, switch in zip(layers, saved):
+            m.switch = switch
 
 
 def set_n_members(model: nn.Module, n_members: int | None) -> None:
@@ -120,7 +142,7 @@ def explicit_masks(model: nn.Module, banks: Mapping[Dropout, Tensor]) -> Iterato
     """Give dropout layers explicit mask banks; in ``member`` mode, member ``k`` is row ``k``.
 
     Combine with :func:`member` to run the masks: ``with explicit_masks(model, banks),
-    member(model, range(M)): model(x.repeat(M, 1))`` runs the ``M`` masks stacked ``(m b)``.
+    member(model, range(M)): model(layout.stack(x, M))`` runs the ``M`` masks stacked ``(m b)``.
     Layers not in ``banks`` keep what they had (their seeded member masks, unless a bank was set
     before). Previous banks are restored on exit (also on exceptions).
 
@@ -145,4 +167,12 @@ def explicit_masks(model: nn.Module, banks: Mapping[Dropout, Tensor]) -> Iterato
         yield model
     finally:
         for m, bank in saved:
-            m.set_bank(bank)
+            m.set_bank(bank)  # (also empties the layer's cache of the bank's rows)
+
+
+@contextmanager
+def mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Every dropout layer of ``model`` (whatever its ``p``) in ``mode`` (``sample`` | ``member``
+    | ``off``) for the block; unlike :func:`mc` it also accepts a model without dropout."""
+    with _switched(dropout_layers(model), mode):
+        yield model

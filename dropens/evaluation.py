@@ -1,86 +1,52 @@
-"""Evaluate a trained backbone on every eval set with every strategy its method calls for.
+"""Evaluate a trained backbone: every eval set x every strategy of its plan -> the run record.
 
-A method declares its plan in ``eval_strategies`` (a class attribute of :class:`dropens.methods.Method`;
-e.g. ``("deterministic", "mc")`` for dropout). :func:`evaluate` runs the plan and produces the flat
-metric dict of the run record (keys ``test/<set>/<label>/<metric>``) and the member predictions
-``[M, N, C]`` stored beside it (``<set>/<strategy>``):
+:func:`evaluate` is a short loop: for each eval set, each strategy of the plan
+(:mod:`dropens.inference`: what it runs, how many members, which labels) predicts once; its rows
+become the flat metrics of the run record (keys ``test/<set>/<label>/<metric>``,
+:mod:`dropens.keys`) and its member predictions ``[M, N, C]`` the stored arrays
+(``<set>/<strategy>``). Two wrappers then work on the predictions every strategy marks as scored
+(:meth:`dropens.inference.Strategy.scored`: ``deterministic``, ``mc<eval.mc_samples>``, ``single``,
+``members``):
 
-- ``deterministic``: label ``deterministic`` (weight scaling); stored ``<set>/deterministic``.
-- ``mc``: labels ``mc<T>`` for every ``T`` of ``eval.mc_curve`` and ``eval.mc_samples``; stored
-  ``<set>/mc`` (the ``max(T)`` samples).
-- ``members``: labels ``members`` (mean aggregate), ``members_geometric`` (normalized geometric
-  mean), ``member<k>`` (member ``k`` alone, ``k = 0..K-1``) and ``members@<m>`` (the average of
-  the first ``m`` members, ``m = 1, 2, 4, ... < K``: the members curve); stored ``<set>/members``
-  ``[K, N, C]``.
-- ``eval.exhaustive: true`` (tiny networks): labels ``exhaustive_mean`` and
-  ``exhaustive_geometric``, the probability-weighted arithmetic / normalized geometric mean over
-  every Bernoulli mask (:func:`dropens.inference.predict` ``exhaustive``); not stored.
-- ``ws_off`` / ``ws_on`` (the weight-scaling probe of the magnitude study): the deterministic pass
-  with every dropout layer's multiplier forced to one (identity) / to ``keep = 1 - p``, whatever its
-  ``scale`` (:func:`dropens.control.eval_multiplier`). For ``scale=inverted`` ``ws_off`` equals
-  ``deterministic`` and ``ws_on`` is the mismatched pass (scaled twice); for ``scale=none``
-  ``ws_on`` equals ``deterministic`` and ``ws_off`` is the mismatched pass (never scaled). Labels
-  and stored arrays ``<set>/ws_off``, ``<set>/ws_on`` ``[1, N, C]``. Skipped (no keys) when the
-  backbone has no dropout layer with ``p > 0``.
-- ``bn_recomputed``: the deterministic pass of a copy of the backbone whose BatchNorm running
-  statistics are recomputed on the training inputs with dropout off (:func:`recompute_bn`), which
-  removes the variance shift of BatchNorm after dropout (Li et al. 2019). Label and stored array
-  ``<set>/bn_recomputed`` ``[1, N, C]``. Needs ``train_x``; skipped (no keys) when the backbone has
-  no BatchNorm with running statistics or no dropout layer with ``p > 0``.
+- **temperature scaling** (``eval.temperature_scaling: true``; absent from ``configs/train.yaml``,
+  so ordinary run ids do not change; studies add ``+eval.temperature_scaling=true``): one
+  temperature ``T > 0`` per scored label fitted by minimizing the NLL on the eval set
+  :data:`FIT_SET` (the clean validation split, ``+data.eval_val=true``; never the test set) and
+  applied to every eval set: labels ``<label>_ts`` with the usual scalars of the one scaled
+  prediction, plus ``temperature``. An averaged prediction (MC, members) is scaled as one
+  classifier, *after* averaging: ``softmax(log p̄ / T)`` with ``p̄`` the mean of the member
+  probabilities (:func:`dropens.metrics.calibration.fit_temperature`), as Rahaman & Thiery (2021)
+  recommend for deep ensembles (Ashukha et al. 2020: compare ensembles only after temperature
+  scaling). No stored arrays.
+- **OOD detection**: an eval set named :data:`OOD_SET` (``+data.eval_ood=mnist5k``) is
+  out-of-distribution: its labels are never scored (no accuracy/NLL rows); instead
+  ``test/ood/<label>/auroc_<score>`` is the AUROC of separating :data:`IN_SET` (positive) from it
+  by ``maxprob``, ``entropy`` (negated predictive entropy) and ``mi`` (negated mutual information,
+  several members only) (:func:`dropens.metrics.calibration.ood_scores`), for the scored labels
+  and their ``_ts`` versions.
 
-Dataset shift (the ``shift`` study; Ovadia et al. 2019), both off unless configured:
-
-- ``eval.temperature_scaling: true`` (absent from ``configs/train.yaml``, so ordinary run ids do not
-  change; studies add ``+eval.temperature_scaling=true``): one temperature ``T > 0`` per label
-  ``deterministic``, ``mc<eval.mc_samples>`` and ``members`` is fitted by minimizing the NLL on the
-  eval set ``val`` (the clean validation split, ``+data.eval_val=true``) and applied to every eval
-  set: labels ``<label>_ts`` (e.g. ``test/rotate_3/deterministic_ts/ece``) with the usual scalars
-  of the one scaled prediction, plus ``temperature``. An averaged prediction (MC, members) is
-  scaled as one classifier, *after* averaging: ``softmax(log p̄ / T)`` with ``p̄`` the mean of the
-  member probabilities (:func:`dropens.metrics.calibration.fit_temperature`), as Rahaman & Thiery
-  (2021) recommend for deep ensembles (Ashukha et al. 2020: compare ensembles only after
-  temperature scaling). Scaling each member's logits before averaging would be the other choice; it
-  also changes the members and their diversity. No stored arrays.
-- an eval set named ``ood`` (``+data.eval_ood=mnist5k``) is out-of-distribution: its labels are
-  never scored (no accuracy/NLL rows); instead ``test/ood/<label>/auroc_<score>`` is the AUROC of
-  separating ``clean`` (positive) from ``ood`` by ``maxprob``, ``entropy`` (negated predictive
-  entropy) and ``mi`` (negated mutual information, ensembles only)
-  (:func:`dropens.metrics.calibration.ood_scores`), for the labels above and their ``_ts`` versions
-  (``maxprob`` and ``entropy``: a scaled prediction has no members).
-
-MC curves are nested: the predictions for ``T`` samples are the first ``T`` of one run of ``max(T)``
-samples, so the curve over T is one trajectory (as in Srivastava et al. 2014, Fig. 11) and costs one
-batched pass. The ``mc`` rows also hold ``member_acc`` / ``member_nll``: the mean single-sample
-(single random subnetwork) metrics. ``members`` runs the ``members`` inference protocol
-(:func:`dropens.inference.predict`): the ``K`` subnetworks of ``subnets`` or the ``K`` networks of
-``ensemble``, once; both aggregates are computed from the same member predictions.
+``eval.exhaustive: true`` adds the ``exhaustive`` strategy to a method's plan (tiny networks only).
+:func:`magnitudes` writes the activation-statistics record (``magnitudes.json``).
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from dropens import control
-from dropens.errors import ConfigError, check_choice
-from dropens.inference import Predictions, geometric_from_logprobs, predict
+from dropens import keys
+from dropens.activations import record_train_eval
+from dropens.batchnorm import BN_BATCH_SIZE
+from dropens.errors import ConfigError
+from dropens.inference import EvalContext, Strategy, get, run
 from dropens.metrics._common import safe_log
 from dropens.metrics.calibration import apply_temperature, fit_temperature, ood_auroc, ood_scores
-from dropens.metrics.magnitude import record_train_eval
 from dropens.metrics.summary import prediction_metrics
 
-EVAL_STRATEGIES = ("deterministic", "mc", "members", "ws_off", "ws_on", "bn_recomputed")
-# the weight-scaling probe: strategy -> forced multiplier of every dropout layer's deterministic pass
-WS_PROBES = {"ws_off": "one", "ws_on": "keep"}
-# the probes every dropout-family method adds to its plan: weight scaling forced off / on, and
-# BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm)
-DROPOUT_PROBES = (*WS_PROBES, "bn_recomputed")
-BN_BATCH_SIZE = 128  # rows per forward of recompute_bn when no training batch size is given
 MAGNITUDE_EXAMPLES = 512  # examples of the magnitudes record: cheap, and enough for pooled moments
 FIT_SET = "val"  # the eval set temperature scaling is fitted on
 IN_SET, OOD_SET = "clean", "ood"  # in- and out-of-distribution sets of the OOD AUROC
@@ -112,95 +78,112 @@ def mc_sizes(eval_cfg: Mapping[str, Any]) -> list[int]:
     """Sorted MC sample sizes to report: ``eval.mc_curve`` plus ``eval.mc_samples``."""
     sizes = [*eval_cfg.get("mc_curve", []), eval_cfg["mc_samples"]]
     for t in sizes:
-        if not isinstance(t, int) or t < 1:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise ConfigError(
                 f"eval.mc_samples/mc_curve value {t!r} is not valid; MC needs integers >= 1"
             )
     return sorted(set(sizes))
 
 
-def has_dropout(model: nn.Module) -> bool:
-    """Whether ``model`` has a :class:`dropens.layers.Dropout` with ``p > 0``."""
-    return any(m.p > 0 for m in control.dropout_layers(model))
+def plan(strategies: Sequence[str], eval_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """A method's strategies (``Method.eval_strategies``) plus what the config adds
+    (``eval.exhaustive: true``: ``exhaustive``); each checked against the registry."""
+    names = [*strategies, *(["exhaustive"] if eval_cfg.get("exhaustive", False) else [])]
+    for name in names:
+        get(name)
+    return tuple(dict.fromkeys(names))
 
 
-def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
-    """Every BatchNorm of ``model`` that keeps running statistics, in ``modules()`` order."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+def context(
+    eval_cfg: Mapping[str, Any],
+    train_x: Tensor | None = None,
+    train_batch_size: int = BN_BATCH_SIZE,
+) -> EvalContext:
+    """The :class:`dropens.inference.EvalContext` of an ``eval`` config node."""
+    sizes = mc_sizes(eval_cfg)
+    return EvalContext(
+        samples=max(sizes),
+        curve=tuple(sizes),
+        headline=int(eval_cfg["mc_samples"]),
+        n_bins=int(eval_cfg["n_bins"]),
+        memory_budget_mb=float(eval_cfg["memory_budget_mb"]),
+        train_x=train_x,
+        train_batch_size=int(train_batch_size),
+    )
 
 
-@torch.no_grad()
-def recompute_bn(model: nn.Module, x: Tensor, batch_size: int = BN_BATCH_SIZE) -> nn.Module:
-    """A deep copy of ``model`` with BatchNorm running statistics recomputed with dropout off.
+def set_seed(seed: int, set_name: str) -> int:
+    """A 63-bit seed for the randomly masked strategies that draw their own masks
+    (``single``), a pure function of the run seed and the eval set."""
+    digest = hashlib.blake2b(f"{int(seed)}|{set_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    The copy's running statistics are reset (``momentum=None``: cumulative), then ``x`` is
-    forwarded in ``ceil(N / batch_size)`` near-equal chunks without gradients, with BatchNorm in
-    train mode (each chunk normalized by its own statistics, as in training) and every dropout
-    layer in its deterministic mode (:func:`dropens.control.deterministic`, which follows the
-    layer's ``scale``). Each BatchNorm's ``running_mean`` / ``running_var`` are then set to the
-    exact mean and unbiased variance of its input over all ``N`` rows (per channel, pooled over
-    the chunks in float64): what ``momentum=None`` gives with one chunk of all of ``x``, for any
-    chunking. A BatchNorm with no BatchNorm upstream therefore gets exactly the statistics of its
-    input in the deterministic pass; deeper ones see upstream layers normalized by chunk
-    statistics, as the running statistics of training do ("precise BN", Wu & Johnson 2021).
 
-    ``model`` itself is not changed. The copy is returned in eval mode, on ``model``'s device.
+def evaluate(
+    backbone: nn.Module,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    eval_cfg: Mapping[str, Any],
+    strategies: Sequence[str] = ("deterministic",),
+    stage: str = "test",
+    train_x: Tensor | None = None,
+    train_batch_size: int = BN_BATCH_SIZE,
+    seed: int | None = None,
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Metrics and stored arrays of every strategy of ``strategies`` on every eval set.
 
     Args:
-        model: a backbone mapping ``(N, *input_shape)`` to logits (not a stacked ensemble).
-        x: ``[N, *input_shape]`` training inputs, ``N >= 2``.
-        batch_size: rows per forward (the training batch size keeps upstream normalization as in
-            training); chunks have ``N // n_chunks`` or one more rows.
+        eval_sets: ``{name: (x [N, *input_shape], y [N])}``, evaluated in this order.
+        eval_cfg: the ``eval`` config node (mc_samples, mc_curve, n_bins, memory_budget_mb,
+            optional exhaustive and temperature_scaling).
+        strategies: registered strategy names (a method's ``eval_strategies``, see :func:`plan`);
+            one that does not apply to the backbone (:meth:`Strategy.applies`) records nothing.
+        train_x: ``[N_train, *input_shape]`` training inputs (``bn_recomputed`` only).
+        train_batch_size: rows per forward of ``bn_recomputed``.
+        seed: the run's seed (``single`` draws its mask from a seed derived from it and the set).
 
     Returns:
-        The copy, with ``running_mean``/``running_var`` ``[C]`` of every BatchNorm recomputed and
-        ``num_batches_tracked`` the number of chunks.
+        ``(metrics, arrays)``: ``metrics["test/clean/deterministic/ece"]``-style floats; arrays
+        ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}``.
+
+    Raises:
+        ConfigError: an unknown strategy, ``bn_recomputed`` applicable without ``train_x``, or
+            ``eval.temperature_scaling`` without the eval set ``val``.
     """
-    if len(x) < 2:
-        raise ConfigError(
-            f"recomputing BatchNorm statistics needs at least 2 training inputs; got {len(x)}"
-        )
-    fresh = copy.deepcopy(model)
-    bns = batchnorm_layers(fresh)
-    moments: dict[_BatchNorm, tuple[int, Tensor, Tensor]] = {}  # count, mean [C], M2 [C]
+    chosen: list[Strategy] = [get(name) for name in plan(strategies, eval_cfg)]
+    ctx = context(eval_cfg, train_x, train_batch_size)
+    ts_on = check_temperature_scaling(eval_cfg, list(eval_sets))
+    active = [(s, s.prepare(backbone, ctx)) for s in chosen if s.applies(backbone)]
+    metrics: dict[str, float] = {}
+    arrays: dict[str, Tensor] = {}
+    # per set, the predictions temperature scaling and the OOD scores use: label -> [M, N, C]
+    # log-probs (kept only when needed: MC log-probabilities of a large test set are big)
+    keep_scored = ts_on or OOD_SET in eval_sets
+    scored: dict[str, dict[str, Tensor]] = {}
+    for name, (x, y) in eval_sets.items():
+        y = y.cpu()
+        arrays[f"labels/{name}"] = y
+        ood = name == OOD_SET  # out-of-distribution: its labels are not ours to score
+        set_ctx = ctx if seed is None else _with_seed(ctx, set_seed(seed, name))
+        for strategy, model in active:
+            if ood and not strategy.stored:  # e.g. exhaustive: nothing to keep for an OOD set
+                continue
+            preds = run(strategy, model, x, set_ctx)
+            if strategy.stored:
+                arrays[f"{name}/{strategy.name}"] = preds.member_probs
+            if keep_scored:
+                scored.setdefault(name, {}).update(strategy.scored(preds, set_ctx))
+            if not ood:
+                for label, row in strategy.rows(preds, y, set_ctx).items():
+                    _put(metrics, keys.prefix(stage, name, label), row)
+    if ts_on:
+        _temperature_scaled(metrics, scored, eval_sets, stage, ctx.n_bins)
+    if IN_SET in scored and OOD_SET in scored:
+        _ood_aurocs(metrics, scored, stage)
+    return metrics, arrays
 
-    def accumulate(bn: _BatchNorm, args: tuple) -> None:
-        h = args[0].detach().double()
-        dims = [0, *range(2, h.dim())]
-        n = h.numel() // h.shape[1]
-        mean = h.mean(dims)
-        m2 = (h - mean.view(1, -1, *([1] * (h.dim() - 2)))).square().sum(dims)
-        if bn in moments:  # Chan et al. (1979): merge (count, mean, M2) of two parts exactly
-            n0, mean0, m20 = moments[bn]
-            delta = mean - mean0
-            total = n0 + n
-            mean = mean0 + delta * (n / total)
-            m2 = m20 + m2 + delta.square() * (n0 * n / total)
-            n = total
-        moments[bn] = (n, mean, m2)
 
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    device = next((t.device for t in (*fresh.parameters(), *fresh.buffers())), x.device)
-    handles = [bn.register_forward_pre_hook(accumulate) for bn in bns]
-    try:
-        fresh.train()
-        with control.deterministic(fresh):
-            n_chunks = -(-len(x) // max(1, int(batch_size)))
-            for chunk in torch.tensor_split(x, n_chunks):
-                fresh(chunk.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        fresh.eval()
-    for bn in bns:
-        if bn not in moments:  # not called by the forward: nothing to recompute
-            continue
-        n, mean, m2 = moments[bn]
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(m2 / max(n - 1, 1))
-    return fresh
+def _with_seed(ctx: EvalContext, seed: int) -> EvalContext:
+    return replace(ctx, seed=seed)
 
 
 def magnitudes(
@@ -211,7 +194,7 @@ def magnitudes(
 ) -> dict[str, Any]:
     """The ``magnitudes.json`` record: per-layer activation statistics, training vs eval pass.
 
-    :func:`dropens.metrics.magnitude.record_train_eval` on the first ``n_examples`` examples of
+    :func:`dropens.activations.record_train_eval` on the first ``n_examples`` examples of
     the first eval set, the training pass's masks drawn from ``torch.manual_seed(seed)`` in a
     forked RNG (the global RNG is untouched; the same seed gives the same record). The backbone
     is left exactly as it was. A stacked ensemble is recorded through its member 0.
@@ -225,7 +208,7 @@ def magnitudes(
     Returns:
         ``{"eval_set": name, "n_examples": n, "seed": seed, "member": 0 | None, "layers": rows}``
         with one row per (dropout or BatchNorm layer, ``input`` | ``output``, call), keys as
-        documented in :func:`~dropens.metrics.magnitude.record_train_eval`: ``layer, type, kind,
+        documented in :func:`~dropens.activations.record_train_eval`: ``layer, type, kind,
         where, call, p``, ``{mean,var,mean_abs,frac_zero,l2}_{train,eval,ratio}`` (ratio =
         eval/train), ``var_ratio_predicted`` (dropout output rows: the closed-form variance shift
         of the layer's input mean/variance and ``p``, next to the measured ``var_ratio``),
@@ -246,139 +229,6 @@ def magnitudes(
         "member": member,
         "layers": rows,
     }
-
-
-def evaluate(
-    backbone: nn.Module,
-    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
-    eval_cfg: Mapping[str, Any],
-    strategies: Sequence[str] = ("deterministic",),
-    stage: str = "test",
-    train_x: Tensor | None = None,
-    train_batch_size: int = BN_BATCH_SIZE,
-) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """Metrics and stored arrays of every strategy of ``strategies`` (a method's ``eval_strategies``).
-
-    Args:
-        eval_sets: ``{name: (x [N, *input_shape], y [N])}``.
-        eval_cfg: the ``eval`` config node (mc_samples, mc_curve, n_bins, memory_budget_mb,
-            optional exhaustive and temperature_scaling).
-        strategies: a subset of :data:`EVAL_STRATEGIES` (what each records: module docstring).
-        train_x: ``[N_train, *input_shape]`` training inputs (``bn_recomputed`` only).
-        train_batch_size: rows per forward of ``bn_recomputed`` (:func:`recompute_bn`).
-
-    Returns:
-        ``(metrics, arrays)``: ``metrics["test/clean/mc32/ece"]``-style floats; arrays
-        ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}``.
-
-    Raises:
-        ConfigError: an unknown strategy, ``bn_recomputed`` applicable without ``train_x``, or
-            ``eval.temperature_scaling`` without the eval set ``val``.
-    """
-    for strategy in strategies:
-        check_choice("eval strategy", strategy, EVAL_STRATEGIES)
-    dropout = has_dropout(backbone)
-    ws_probes = [s for s in WS_PROBES if s in strategies] if dropout else []
-    recomputed = None
-    if "bn_recomputed" in strategies and dropout and batchnorm_layers(backbone):
-        if train_x is None:
-            raise ConfigError(
-                "eval strategy 'bn_recomputed' needs the training inputs: pass train_x to evaluate"
-            )
-        recomputed = recompute_bn(backbone, train_x, train_batch_size)
-    ts_on = check_temperature_scaling(eval_cfg, list(eval_sets))
-    budget, n_bins = eval_cfg["memory_budget_mb"], eval_cfg["n_bins"]
-    metrics: dict[str, float] = {}
-    arrays: dict[str, Tensor] = {}
-    # per set, the predictions of the calibrated / OOD-scored labels: label -> [M, N, C] log-probs
-    # (kept only when needed: MC log-probabilities of a large test set are big)
-    scored: dict[str, dict[str, Tensor]] = {}
-    keep_scored = ts_on or OOD_SET in eval_sets
-
-    def record(label: str, preds: Predictions, y: Tensor) -> dict[str, float]:
-        if label.split("/")[0] == OOD_SET:  # out-of-distribution: its labels are not ours
-            return {}
-        values = prediction_metrics(preds.member_probs, y, aggregate=preds.aggregate, n_bins=n_bins)
-        _put(metrics, f"{stage}/{label}", values)
-        return values
-
-    for name, (x, y) in eval_sets.items():
-        y = y.cpu()
-        arrays[f"labels/{name}"] = y
-        keep = scored.setdefault(name, {}) if keep_scored else {}
-        if "deterministic" in strategies:
-            det = predict(backbone, x, "deterministic", memory_budget_mb=budget, keep_logprobs=True)
-            arrays[f"{name}/deterministic"] = det.member_probs
-            keep["deterministic"] = det.member_logprobs
-            record(f"{name}/deterministic", det, y)
-        for probe in ws_probes:
-            with control.eval_multiplier(backbone, WS_PROBES[probe]):
-                ws = predict(backbone, x, "deterministic", memory_budget_mb=budget)
-            arrays[f"{name}/{probe}"] = ws.member_probs
-            record(f"{name}/{probe}", ws, y)
-        if recomputed is not None:
-            bn = predict(recomputed, x, "deterministic", memory_budget_mb=budget)
-            arrays[f"{name}/bn_recomputed"] = bn.member_probs
-            record(f"{name}/bn_recomputed", bn, y)
-        if "members" in strategies:
-            members = predict(
-                backbone,
-                x,
-                "members",
-                aggregate="mean",
-                memory_budget_mb=budget,
-                keep_logprobs=True,
-            )
-            probs = members.member_probs
-            arrays[f"{name}/members"] = probs
-            keep["members"] = members.member_logprobs
-            mean_row = record(f"{name}/members", members, y)
-        if "members" in strategies and name != OOD_SET:
-            # The geometric aggregate from log-probabilities (stored probabilities underflow); its
-            # member-level rows are those of `members`, its ensemble gain is against its own NLL.
-            geometric = geometric_from_logprobs(members.member_logprobs).unsqueeze(0)
-            row = prediction_metrics(geometric, y, n_bins=n_bins)
-            if len(probs) > 1:
-                row.update(
-                    {k: mean_row[k] for k in ("mi", "disagreement", "member_acc", "member_nll")}
-                )
-                row["ensemble_gain"] = mean_row["member_nll"] - row["nll"]
-            _put(metrics, f"{stage}/{name}/members_geometric", row)
-            for k in range(len(probs)):
-                record(f"{name}/member{k}", Predictions(probs[k : k + 1], "mean", "members"), y)
-            # the members curve: the average of the first m members, m = 1, 2, 4, ... < K
-            m = 1
-            while m < len(probs):
-                record(f"{name}/members@{m}", Predictions(probs[:m], "mean", "members"), y)
-                m *= 2
-        if eval_cfg.get("exhaustive", False) and name != OOD_SET:
-            # every mask of the network, weighted by its probability (Warde-Farley et al. 2014)
-            ex = predict(backbone, x, "exhaustive", memory_budget_mb=budget, keep_logprobs=True)
-            _put(
-                metrics,
-                f"{stage}/{name}/exhaustive_mean",
-                prediction_metrics(ex.probs.unsqueeze(0), y, n_bins=n_bins),
-            )
-            geometric = geometric_from_logprobs(ex.member_logprobs, ex.weights).unsqueeze(0)
-            _put(
-                metrics,
-                f"{stage}/{name}/exhaustive_geometric",
-                prediction_metrics(geometric, y, n_bins=n_bins),
-            )
-        if "mc" in strategies:
-            sizes = mc_sizes(eval_cfg)
-            mc = predict(backbone, x, "mc", samples=max(sizes), memory_budget_mb=budget)
-            arrays[f"{name}/mc"] = mc.member_probs
-            if keep_scored:
-                t_head = int(eval_cfg["mc_samples"])
-                keep[f"mc{t_head}"] = safe_log(mc.member_probs[:t_head])
-            for t in sizes:
-                record(f"{name}/mc{t}", Predictions(mc.member_probs[:t], "mean", "mc"), y)
-    if ts_on:
-        _temperature_scaled(metrics, scored, eval_sets, stage, n_bins)
-    if IN_SET in scored and OOD_SET in scored:
-        _ood_aurocs(metrics, scored, stage)
-    return metrics, arrays
 
 
 def _temperature_scaled(
@@ -402,12 +252,12 @@ def _temperature_scaled(
             if label not in labels:
                 continue
             probs = apply_temperature(_one_or_members(labels[label]), temperature)
-            labels[f"{label}_ts"] = safe_log(probs).unsqueeze(0)  # type: ignore[index]
+            labels[keys.ts_label(label)] = safe_log(probs).unsqueeze(0)  # type: ignore[index]
             if name == OOD_SET:
                 continue
             row = prediction_metrics(probs.unsqueeze(0), eval_sets[name][1].cpu(), n_bins=n_bins)
             row["temperature"] = temperature
-            _put(metrics, f"{stage}/{name}/{label}_ts", row)
+            _put(metrics, keys.prefix(stage, name, keys.ts_label(label)), row)
 
 
 def _one_or_members(logp: Tensor) -> Tensor:
@@ -424,13 +274,13 @@ def _ood_aurocs(
             continue
         s_in = ood_scores(scored[IN_SET][label].exp())
         s_out = ood_scores(logp_out.exp())
-        keys = ("maxprob", "entropy", "mi") if logp_out.shape[0] > 1 else ("maxprob", "entropy")
-        for key in keys:
-            metrics[f"{stage}/{OOD_SET}/{label}/auroc_{key}"] = float(
-                ood_auroc(s_in[key], s_out[key])
+        scores = ("maxprob", "entropy", "mi") if logp_out.shape[0] > 1 else ("maxprob", "entropy")
+        for score in scores:
+            metrics[keys.key(stage, OOD_SET, label, f"auroc_{score}")] = float(
+                ood_auroc(s_in[score], s_out[score])
             )
 
 
 def _put(out: dict[str, float], prefix: str, values: Mapping[str, float]) -> None:
-    for key, value in values.items():
-        out[f"{prefix}/{key}"] = float(value)
+    for metric, value in values.items():
+        out[f"{prefix}/{metric}"] = float(value)

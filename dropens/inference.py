@@ -1,101 +1,98 @@
 """Inference strategies: a trained model -> :class:`Predictions` with members ``[M, N, C]``.
 
-Every strategy runs its ``M`` members batched on the batch axis as ``(m b)`` (member-major: rows
-``m*b .. (m+1)*b - 1`` are member ``m``), in chunks over *both* members and examples sized to a
-memory budget (:func:`chunk_sizes`) — never as a Python loop over single passes.
+Every way dropens evaluates a model is one :class:`Strategy`, registered once in
+:data:`STRATEGIES` (:func:`register`). A strategy declares
 
-- ``deterministic``: one pass with every dropout layer off (weight scaling; ``scale=none`` layers
-  multiply by keep). ``M = 1``.
-- ``mc``: ``samples`` passes with fresh masks (MC dropout, Gal & Ghahramani 2016), model in eval mode
-  (BatchNorm uses running statistics). ``M = samples``.
-- ``members``: the ``K`` members of a finite family, ``M = K`` (``samples`` is ignored):
-  a *subnets* model (its dropout layers have ``n_members = K``, :func:`dropens.control.set_n_members`;
-  member ``k`` is the fixed mask ``k``, :func:`dropens.control.member`), or an *ensemble* of ``K``
-  nets (the model has ``n_members = K`` and ``stacked_members = True``; its forward takes a stacked
-  ``(K*B, ...)`` input, member-major, and returns ``(K*B, C)``, rows ``k*B..(k+1)*B-1`` from net
-  ``k``).
-- ``exhaustive``: every Bernoulli mask of a small model (:func:`mask_family`): ``M = 2^n`` for ``n``
-  droppable units, member ``j`` weighted by its probability ``keep^{#kept} p^{#dropped}``
-  (:attr:`Predictions.weights`). With ``aggregate="geometric"`` and dropout only on the inputs of
-  the final softmax layer, this is exactly the deterministic pass (Baldi & Sadowski 2013;
-  Warde-Farley et al. 2014): the logits are affine in the mask, so their expectation is the
-  weight-scaled logits and the log-normalizer cancels in the normalized geometric mean.
+- how many members it yields and how it switches the model to run them (:meth:`Strategy.members`,
+  through :mod:`dropens.control`); :func:`predict` then runs them batched ``(m b)``
+  (:func:`dropens.batching.run_members`);
+- the labels it records and their metrics (:meth:`Strategy.rows`), and the predictions that
+  temperature scaling and OOD scores use (:meth:`Strategy.scored`);
+- whether it applies to a model at all (:meth:`Strategy.applies`).
 
-Aggregates (:attr:`Predictions.probs`): ``mean`` (arithmetic mean of the probabilities) and
-``geometric`` (normalized geometric mean: softmax of the mean log-probabilities), weighted by
-:attr:`Predictions.weights` when set.
+:func:`dropens.evaluation.evaluate` runs a method's plan (a tuple of names) on every eval set;
+validation in every method calls :func:`predict` with the same strategies.
+
+========================  ===  ===============================================================
+strategy                  M    labels (``test/<set>/<label>/<metric>``)
+========================  ===  ===============================================================
+``deterministic``         1    ``deterministic``: every dropout layer off (weight scaling)
+``mc``                    T    ``mc<T>`` for every T of the MC curve: the first T of one run of
+                               ``max(T)`` fresh masks (nested, Srivastava et al. 2014, Fig. 11),
+                               model in eval mode (BatchNorm on running statistics)
+``single``                1    ``single``: one random subnetwork (one fresh mask per example)
+``members``               K    ``members`` (mean), ``members_geometric``, ``member<k>``,
+                               ``members@<m>`` (first m members): the K fixed masks of
+                               ``subnets`` or the K nets of ``ensemble``
+``exhaustive``            2^n  ``exhaustive_mean``, ``exhaustive_geometric``: every Bernoulli mask
+                               of a tiny model, probability-weighted
+``ws_off`` / ``ws_on``    1    the deterministic pass with every dropout multiplier forced to 1 /
+                               to keep (the weight-scaling probe)
+``bn_recomputed``         1    the deterministic pass with BatchNorm statistics recomputed with
+                               dropout off (:mod:`dropens.batchnorm`)
+========================  ===  ===============================================================
+
+With ``aggregate="geometric"`` and dropout only on the inputs of the final softmax layer, the
+``exhaustive`` average is exactly the deterministic pass (Baldi & Sadowski 2013; Warde-Farley et
+al. 2014): the logits are affine in the mask, so their expectation is the weight-scaled logits
+and the log-normalizer cancels in the normalized geometric mean.
+
+Adding a strategy is one registration (a :class:`Strategy` subclass under :func:`register`) plus
+its test; a method lists its name in ``eval_strategies`` (README, "Adding a strategy").
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dropens import control
+from dropens import control, keys
+from dropens.batching import (
+    Members,
+    Predictions,
+    chunk_sizes,
+    cpu_max_rows,
+    device_of,
+    geometric_from_logprobs,
+    probe,
+    row_bytes,
+    run_members,
+)
+from dropens.batchnorm import BN_BATCH_SIZE, batchnorm_layers, recompute_bn
 from dropens.errors import ConfigError, bad_choice
 from dropens.layers import Dropout
-from dropens.metrics._common import check_weights, weighted_sum
-from dropens.metrics.summary import aggregate as aggregate_probs
+from dropens.metrics._common import AGGREGATES, safe_log
+from dropens.metrics.summary import prediction_metrics
 
-AGGREGATES = ("mean", "geometric")
-STRATEGY_NAMES = ("deterministic", "exhaustive", "mc", "members")
+__all__ = [
+    "AGGREGATES",
+    "DROPOUT_PROBES",
+    "STRATEGIES",
+    "EvalContext",
+    "MaskFamily",
+    "Members",
+    "Predictions",
+    "Strategy",
+    "chunk_sizes",
+    "cpu_max_rows",
+    "geometric_from_logprobs",
+    "mask_family",
+    "predict",
+    "register",
+    "row_bytes",
+]
+
 DEFAULT_MAX_MEMBERS = 2**16  # why: 2^16 masks of a toy model run in seconds on a CPU
-CPU_WORKING_SET_MB = 8  # why: about one core's L2 + share of L3, per thread; see cpu_max_rows
-CPU_MIN_ROWS = 256  # why: below this the ~10 module calls per forward start to show
-
-
-@dataclass
-class Predictions:
-    """Per-member predictive distributions of one eval set.
-
-    Attributes:
-        member_probs: ``[M, N, C]`` float32 probabilities on the CPU (members, examples, classes).
-        aggregate: how :attr:`probs` combines members: ``mean`` (arithmetic mean of probabilities)
-            or ``geometric`` (softmax of the mean log-probabilities).
-        strategy: the strategy that produced them (e.g. ``mc``).
-        weights: optional ``[M]`` float64 member weights summing to 1 (``exhaustive``: the
-            probability of each mask); ``None`` weighs members equally.
-        member_logprobs: optional ``[M, N, C]`` float32 log-probabilities (kept by :func:`predict`
-            for ``aggregate="geometric"``): the geometric mean then uses them directly, which
-            stays exact where a member's probability underflows float32 (below ~1e-38, e.g. a
-            confident member's wrong classes, whose stored probability would be 0).
-    """
-
-    member_probs: Tensor
-    aggregate: str = "mean"
-    strategy: str = ""
-    weights: Tensor | None = None
-    member_logprobs: Tensor | None = None
-
-    @property
-    def probs(self) -> Tensor:
-        """``[N, C]`` aggregate of the members (weighted by :attr:`weights` when set)."""
-        if self.aggregate == "geometric" and self.member_logprobs is not None:
-            return geometric_from_logprobs(self.member_logprobs, self.weights)
-        return aggregate_probs(self.member_probs, self.aggregate, self.weights)
-
-    @property
-    def n_members(self) -> int:
-        return self.member_probs.shape[0]
-
-
-def geometric_from_logprobs(member_logprobs: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Normalized geometric mean ``softmax(Σ_m w_m log p_m)`` of log-probabilities ``[M, N, C]``.
-
-    The same aggregate as ``aggregate(exp(member_logprobs), "geometric", weights)`` without the
-    round trip through probabilities (no underflow, no clamp). Returns ``[N, C]``.
-    """
-    m = member_logprobs.shape[0]
-    w = torch.full((m,), 1.0 / m, dtype=torch.float64) if weights is None else weights
-    mean_logp = weighted_sum(check_weights(w, m), member_logprobs)  # float64 accumulation
-    return torch.softmax(mean_logp, dim=-1).to(member_logprobs.dtype)
+# the probes every dropout-family method adds to its plan: weight scaling forced off / on, and
+# BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm)
+DROPOUT_PROBES = ("ws_off", "ws_on", "bn_recomputed")
 
 
 # ----------------------------------------------------------------------------- exhaustive masks
@@ -157,31 +154,6 @@ class MaskFamily:
         return torch.exp(kept @ log_keep + (1.0 - kept) @ log_p)
 
 
-def _probe(model: nn.Module, x1: Tensor) -> tuple[int, dict[Dropout, list[tuple[int, ...]]]]:
-    """One deterministic forward of ``x1``: activation bytes (input + every leaf module's output)
-    and the per-example input shapes seen by every dropout layer with ``p > 0``."""
-    total = [x1.numel() * x1.element_size()]
-    seen: dict[Dropout, list[tuple[int, ...]]] = {}
-
-    def count(module: nn.Module, args: tuple, output: object) -> None:
-        if isinstance(output, Tensor):
-            total[0] += output.numel() * output.element_size()
-        if isinstance(module, Dropout) and module.p > 0 and args and isinstance(args[0], Tensor):
-            shapes = seen.setdefault(module, [])
-            if tuple(args[0].shape[1:]) not in shapes:
-                shapes.append(tuple(args[0].shape[1:]))
-
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with control.deterministic(model):
-            model(x1)
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0], seen
-
-
 def mask_family(model: nn.Module, x: Tensor, max_members: int = DEFAULT_MAX_MEMBERS) -> MaskFamily:
     """The family of every Bernoulli mask of ``model`` for inputs like ``x`` ``[N, *input_shape]``.
 
@@ -193,12 +165,12 @@ def mask_family(model: nn.Module, x: Tensor, max_members: int = DEFAULT_MAX_MEMB
         ConfigError (one line): no dropout with ``p > 0``; a ``block`` structure or a
         non-``bernoulli`` distribution; a layer called on two input shapes; ``2^n > max_members``.
     """
-    if _stacked_members(model) is not None:
+    if stacked_members(model) is not None:
         raise ConfigError(
             f"strategy='exhaustive' enumerates the masks of one network, but {type(model).__name__} "
             "is a stacked ensemble; use strategy='members'"
         )
-    live = control._require_layers(model, "exhaustive inference")
+    live = control.require_layers(model, "exhaustive inference")
     for m in live:
         if m.structure == "block":
             raise ConfigError(
@@ -210,12 +182,9 @@ def mask_family(model: nn.Module, x: Tensor, max_members: int = DEFAULT_MAX_MEMB
                 f"strategy='exhaustive' enumerates Bernoulli masks, but layer {m.site!r} has "
                 f"dist={m.dist!r}; use mc"
             )
-    was_training = model.training
-    model.eval()
-    try:
-        _, seen = _probe(model, x[:1].to(_device(model)))
-    finally:
-        model.train(was_training)
+    with control.preserved(model):
+        model.eval()
+        _, seen = probe(model, x[:1].to(device_of(model)))
     layers, shapes = [], []
     for m in live:
         if m not in seen:  # never called: its mask cannot change the output
@@ -238,21 +207,122 @@ def mask_family(model: nn.Module, x: Tensor, max_members: int = DEFAULT_MAX_MEMB
     return family
 
 
-# ----------------------------------------------------------------------------- strategies
+@contextmanager
+def _masks_of(model: nn.Module, family: MaskFamily, j0: int, j1: int) -> Iterator[None]:
+    with ExitStack() as stack:
+        stack.enter_context(control.explicit_masks(model, family.banks(j0, j1)))
+        stack.enter_context(control.member(model, range(j1 - j0)))
+        yield
 
 
-@dataclass
-class _Plan:
-    """How a strategy runs: ``M`` members; ``enter(j0, j1)`` switches the model to members
-    ``[j0, j1)`` stacked ``(m b)``; ``fixed``: every forward must take all ``M`` members."""
-
-    n_members: int
-    enter: Callable[[int, int], AbstractContextManager]
-    fixed: bool = False
-    weights: Tensor | None = None
+# ----------------------------------------------------------------------------- the registry
 
 
-def _stacked_members(model: nn.Module) -> int | None:
+@dataclass(frozen=True)
+class EvalContext:
+    """What a strategy needs besides the model and the inputs.
+
+    Attributes:
+        samples: ``mc``: masks per evaluation (the largest ``T`` of the curve).
+        curve: ``mc``: the ``T`` recorded as labels ``mc<T>`` (default: ``samples`` alone).
+        headline: ``mc``: the ``T`` whose prediction temperature scaling and OOD scores use
+            (``eval.mc_samples``; default ``samples``).
+        n_bins: calibration bins of the recorded metrics.
+        memory_budget_mb, max_rows: chunking of the batched forwards (:func:`run_members`).
+        max_members: ``exhaustive``: refuse more masks than this.
+        train_x, train_batch_size: ``bn_recomputed``: the training inputs and rows per forward.
+        seed: ``single``: its mask is drawn from this seed in a forked RNG (reproducible, and the
+            global RNG -- hence every other strategy's masks -- untouched); ``None``: from the
+            global RNG.
+    """
+
+    samples: int | None = None
+    curve: tuple[int, ...] = ()
+    headline: int | None = None
+    n_bins: int = 15
+    memory_budget_mb: float = 256
+    max_rows: int | None = None
+    max_members: int = DEFAULT_MAX_MEMBERS
+    train_x: Tensor | None = field(default=None, repr=False)
+    train_batch_size: int = BN_BATCH_SIZE
+    seed: int | None = None
+
+    @property
+    def mc_curve(self) -> tuple[int, ...]:
+        return self.curve or ((self.samples,) if self.samples else ())
+
+    @property
+    def mc_headline(self) -> int | None:
+        return self.headline or self.samples
+
+
+class Strategy:
+    """One evaluation strategy (module docstring); subclasses are registered with :func:`register`.
+
+    Override :meth:`members` (required) and, where the defaults do not fit, :meth:`applies`,
+    :meth:`prepare`, :meth:`labels`, :meth:`rows` and :meth:`scored`.
+    """
+
+    name: ClassVar[str] = ""
+    # its member predictions are stored in the run record (predictions.npz, "<set>/<name>")
+    stored: ClassVar[bool] = True
+    # keep the members' log-probabilities (geometric means, temperature scaling, OOD scores)
+    logprobs: ClassVar[bool] = False
+
+    def applies(self, model: nn.Module) -> bool:
+        """Whether the strategy has anything to evaluate on ``model`` (no keys otherwise)."""
+        return True
+
+    def prepare(self, model: nn.Module, ctx: EvalContext) -> nn.Module:
+        """The model the strategy runs, prepared once per evaluation (default: ``model``)."""
+        return model
+
+    def members(self, model: nn.Module, x: Tensor, ctx: EvalContext) -> Members:
+        """How many members, and how to switch ``model`` (prepared) to run them."""
+        raise NotImplementedError
+
+    def labels(self, ctx: EvalContext) -> list[str]:
+        """The labels :meth:`rows` records (documentation and key checks)."""
+        return [self.name]
+
+    def rows(self, preds: Predictions, y: Tensor, ctx: EvalContext) -> dict[str, dict[str, float]]:
+        """``{label: {metric: value}}`` of the predictions on labels ``y [N]``."""
+        return {self.name: _metrics(preds.member_probs, y, ctx, preds.aggregate)}
+
+    def scored(self, preds: Predictions, ctx: EvalContext) -> dict[str, Tensor]:
+        """``{label: [M, N, C] log-probabilities}`` of the predictions that temperature scaling and
+        the OOD scores use (:mod:`dropens.evaluation`); none by default."""
+        return {}
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if not cls.name or cls.name in STRATEGIES:
+        raise ValueError(f"strategy name {cls.name!r} is empty or registered twice")
+    STRATEGIES[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Strategy:
+    """The registered strategy ``name``; a one-line ConfigError naming the valid ones."""
+    if name not in STRATEGIES:
+        raise bad_choice("strategy", name, sorted(STRATEGIES))
+    return STRATEGIES[name]
+
+
+def _metrics(member_probs: Tensor, y: Tensor, ctx: EvalContext, aggregate: str = "mean") -> dict:
+    return prediction_metrics(member_probs, y, aggregate=aggregate, n_bins=ctx.n_bins)
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` has a :class:`dropens.layers.Dropout` with ``p > 0``."""
+    return any(m.p > 0 for m in control.dropout_layers(model))
+
+
+def stacked_members(model: nn.Module) -> int | None:
     """``K`` of a stacked ensemble (``stacked_members = True``), else ``None``."""
     if getattr(model, "stacked_members", False) is not True:
         return None
@@ -266,135 +336,255 @@ def _stacked_members(model: nn.Module) -> int | None:
 
 
 def _single_network(model: nn.Module, strategy: str) -> None:
-    if _stacked_members(model) is not None:
+    if stacked_members(model) is not None:
         raise ConfigError(
             f"strategy={strategy!r} runs one network, but {type(model).__name__} is a stacked "
             "ensemble of n_members nets; use strategy='members'"
         )
 
 
-def _deterministic(model: nn.Module, samples: int | None, x: Tensor, max_members: int) -> _Plan:
-    _single_network(model, "deterministic")
-    return _Plan(1, lambda j0, j1: control.deterministic(model))
+@register
+class Deterministic(Strategy):
+    """Every dropout layer off: weight scaling (``scale=none`` layers multiply by keep)."""
+
+    name = "deterministic"
+    logprobs = True
+
+    def members(self, model, x, ctx):
+        _single_network(model, self.name)
+        return Members(1, lambda j0, j1: control.deterministic(model))
+
+    def scored(self, preds, ctx):
+        return {self.name: preds.member_logprobs}
 
 
-def _mc(model: nn.Module, samples: int | None, x: Tensor, max_members: int) -> _Plan:
-    _single_network(model, "mc")
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-        raise ConfigError(
-            f"eval.mc_samples={samples!r} is not valid; MC dropout needs an integer >= 1"
-        )
-    control._require_layers(model, "MC dropout")  # fail before the probe
-    return _Plan(int(samples), lambda j0, j1: control.mc(model))
+@register
+class MC(Strategy):
+    """MC dropout (Gal & Ghahramani 2016): ``samples`` fresh masks, model in eval mode."""
+
+    name = "mc"
+
+    def members(self, model, x, ctx):
+        _single_network(model, self.name)
+        t = ctx.samples
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1:
+            raise ConfigError(
+                f"eval.mc_samples={t!r} is not valid; MC dropout needs an integer >= 1"
+            )
+        control.require_layers(model, "MC dropout")  # fail before the probe
+        return Members(int(t), lambda j0, j1: control.mc(model))
+
+    def labels(self, ctx):
+        return [keys.mc_label(t) for t in ctx.mc_curve]
+
+    def rows(self, preds, y, ctx):
+        probs = preds.member_probs
+        return {keys.mc_label(t): _metrics(probs[:t], y, ctx) for t in ctx.mc_curve}
+
+    def scored(self, preds, ctx):
+        t = ctx.mc_headline
+        return {keys.mc_label(t): safe_log(preds.member_probs[:t])}
 
 
-def _members(model: nn.Module, samples: int | None, x: Tensor, max_members: int) -> _Plan:
-    k = _stacked_members(model)
-    if k is not None:
-        return _Plan(k, lambda j0, j1: nullcontext(), fixed=True)
-    families = {m.n_members for m in control.dropout_layers(model) if m.p > 0}
-    if not families or families == {None}:
-        raise ConfigError(
-            f"strategy='members' needs a subnets model (dropout layers with n_members set) or a "
-            f"stacked ensemble (n_members and stacked_members=True); {type(model).__name__} has "
-            "neither; use deterministic or mc"
-        )
-    if len(families) > 1:
-        raise ConfigError(
-            f"strategy='members': the dropout layers of {type(model).__name__} disagree on "
-            f"n_members ({sorted(families, key=str)}); set it on all with control.set_n_members"
-        )
-    (k,) = families
-    return _Plan(k, lambda j0, j1: control.member(model, range(j0, j1)))
+@register
+class Single(Strategy):
+    """One random subnetwork: one fresh mask per example (a single MC sample), drawn from
+    ``ctx.seed`` in a forked RNG when set."""
+
+    name = "single"
+    logprobs = True
+
+    def applies(self, model):
+        return has_dropout(model)
+
+    def members(self, model, x, ctx):
+        _single_network(model, self.name)
+        control.require_layers(model, "a random subnetwork")
+        return Members(1, lambda j0, j1: _seeded(ctx.seed, control.mc(model), device_of(model)))
+
+    def scored(self, preds, ctx):
+        return {self.name: preds.member_logprobs}
 
 
 @contextmanager
-def _masks_of(model: nn.Module, family: MaskFamily, j0: int, j1: int) -> Iterator[None]:
-    with ExitStack() as stack:
-        stack.enter_context(control.explicit_masks(model, family.banks(j0, j1)))
-        stack.enter_context(control.member(model, range(j1 - j0)))
+def _seeded(seed: int | None, inner, device: torch.device) -> Iterator[None]:
+    """``inner`` with the global RNG forked and seeded by ``seed`` (``None``: not forked)."""
+    if seed is None:
+        with inner:
+            yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), inner:
+        torch.manual_seed(int(seed))
         yield
 
 
-def _exhaustive(model: nn.Module, samples: int | None, x: Tensor, max_members: int) -> _Plan:
-    family = mask_family(model, x, max_members)
-    return _Plan(
-        len(family), lambda j0, j1: _masks_of(model, family, j0, j1), weights=family.weights()
-    )
+@register
+class MemberAverage(Strategy):
+    """The ``K`` members of a finite family: a ``subnets`` model (its dropout layers have
+    ``n_members = K``; member ``k`` is the fixed mask ``k``) or a stacked ``ensemble`` of ``K``
+    nets (``n_members = K``, ``stacked_members = True``; its forward takes ``(K*B, ...)`` rows
+    member-major and returns ``(K*B, C)``)."""
+
+    name = "members"
+    logprobs = True
+
+    def members(self, model, x, ctx):
+        k = stacked_members(model)
+        if k is not None:
+            return Members(k, lambda j0, j1: nullcontext(), fixed=True)
+        families = {m.n_members for m in control.dropout_layers(model) if m.p > 0}
+        if not families or families == {None}:
+            raise ConfigError(
+                f"strategy='members' needs a subnets model (dropout layers with n_members set) or "
+                f"a stacked ensemble (n_members and stacked_members=True); {type(model).__name__} "
+                "has neither; use deterministic or mc"
+            )
+        if len(families) > 1:
+            raise ConfigError(
+                f"strategy='members': the dropout layers of {type(model).__name__} disagree on "
+                f"n_members ({sorted(families, key=str)}); set it on all with control.set_n_members"
+            )
+        (k,) = families
+        return Members(k, lambda j0, j1: control.member(model, range(j0, j1)))
+
+    def labels(self, ctx):
+        return ["members", "members_geometric", keys.member_label(0), keys.prefix_label(1)]
+
+    def rows(self, preds, y, ctx):
+        probs = preds.member_probs
+        rows = {"members": _metrics(probs, y, ctx)}
+        # The geometric aggregate from log-probabilities (stored probabilities underflow); its
+        # member-level rows are those of `members`, its ensemble gain is against its own NLL.
+        geometric = _metrics(geometric_from_logprobs(preds.member_logprobs).unsqueeze(0), y, ctx)
+        if len(probs) > 1:
+            mean_row = rows["members"]
+            geometric.update(
+                {k: mean_row[k] for k in ("mi", "disagreement", "member_acc", "member_nll")}
+            )
+            geometric["ensemble_gain"] = mean_row["member_nll"] - geometric["nll"]
+        rows["members_geometric"] = geometric
+        for k in range(len(probs)):
+            rows[keys.member_label(k)] = _metrics(probs[k : k + 1], y, ctx)
+        m = 1  # the members curve: the average of the first m members, m = 1, 2, 4, ... < K
+        while m < len(probs):
+            rows[keys.prefix_label(m)] = _metrics(probs[:m], y, ctx)
+            m *= 2
+        return rows
+
+    def scored(self, preds, ctx):
+        return {self.name: preds.member_logprobs}
 
 
-STRATEGIES: dict[str, Callable[[nn.Module, int | None, Tensor, int], _Plan]] = {
-    "deterministic": _deterministic,
-    "exhaustive": _exhaustive,
-    "mc": _mc,
-    "members": _members,
-}
+@register
+class Exhaustive(Strategy):
+    """Every Bernoulli mask of a small model (:func:`mask_family`), weighted by its probability
+    ``keep^{#kept} p^{#dropped}`` (Warde-Farley et al. 2014); not stored (up to 2^16 members)."""
+
+    name = "exhaustive"
+    stored = False
+    logprobs = True
+
+    def members(self, model, x, ctx):
+        family = mask_family(model, x, ctx.max_members)
+        return Members(
+            len(family), lambda j0, j1: _masks_of(model, family, j0, j1), weights=family.weights()
+        )
+
+    def labels(self, ctx):
+        return ["exhaustive_mean", "exhaustive_geometric"]
+
+    def rows(self, preds, y, ctx):
+        geometric = geometric_from_logprobs(preds.member_logprobs, preds.weights).unsqueeze(0)
+        return {
+            "exhaustive_mean": _metrics(preds.probs.unsqueeze(0), y, ctx),
+            "exhaustive_geometric": _metrics(geometric, y, ctx),
+        }
 
 
-# ----------------------------------------------------------------------------- batching
+class _WeightScalingProbe(Strategy):
+    """The deterministic pass with every dropout layer's multiplier forced to ``multiplier``
+    (:func:`dropens.control.eval_multiplier`): for ``scale=inverted`` ``ws_off`` is the usual pass
+    and ``ws_on`` the mismatched one (scaled twice); for ``scale=none`` the other way round."""
+
+    multiplier: ClassVar[str] = ""
+
+    def applies(self, model):
+        return has_dropout(model)
+
+    def members(self, model, x, ctx):
+        _single_network(model, self.name)
+
+        @contextmanager
+        def enter(j0: int, j1: int) -> Iterator[None]:
+            with control.eval_multiplier(model, self.multiplier), control.deterministic(model):
+                yield
+
+        return Members(1, enter)
 
 
-def chunk_sizes(
-    n_members: int,
-    n_examples: int,
-    row_bytes: int,
-    memory_budget_mb: float,
-    fixed_members: bool = False,
-    max_rows: int | None = None,
-) -> tuple[int, int]:
-    """``(members, examples)`` per forward so that ``members * examples`` stacked rows fit.
-
-    Rows per forward ``R = min(budget / row_bytes, max_rows)`` (at least 1). Examples are split
-    first: all ``M`` members of ``R // M`` examples per forward; when one example's ``M`` rows alone
-    exceed ``R`` (e.g. 2^16 exhaustive masks), members are split too: ``R`` members of one example.
-    ``fixed_members`` (a stacked ensemble, whose forward takes all ``K`` nets) never splits members.
-    """
-    rows = max(1, int(memory_budget_mb * 2**20) // max(1, row_bytes))
-    if max_rows is not None:
-        rows = max(1, min(rows, int(max_rows)))
-    if fixed_members:
-        return n_members, max(1, min(n_examples, rows // n_members))
-    examples = max(1, min(n_examples, rows // n_members))
-    return min(n_members, max(1, rows // examples)), examples
+@register
+class WeightScalingOff(_WeightScalingProbe):
+    name = "ws_off"
+    multiplier = "one"
 
 
-def cpu_max_rows(row_bytes: int, threads: int | None = None) -> int:
-    """Rows per forward on a CPU: a working set of about :data:`CPU_WORKING_SET_MB` per torch
-    thread (cache-sized), but at least :data:`CPU_MIN_ROWS` rows so that per-forward overhead
-    stays amortized.
-
-    Why: one forward over ``T x 1000`` rows streams every activation through main memory; chunks
-    whose activations stay in cache are faster (benchmarks/bench_mc.py, MNIST-1D MLP, T = 32, one
-    thread on 2 AMD EPYC cores: ~1.5k rows per forward took 0.5x the time of 32k rows).
-    GPUs get no such cap.
-    """
-    threads = torch.get_num_threads() if threads is None else threads
-    working_set = int(CPU_WORKING_SET_MB * max(1, threads) * 2**20)
-    return max(CPU_MIN_ROWS, working_set // max(1, row_bytes))
+@register
+class WeightScalingOn(_WeightScalingProbe):
+    name = "ws_on"
+    multiplier = "keep"
 
 
-def row_bytes(model: nn.Module, x1: Tensor, stack: int = 1) -> int:
-    """Estimated working memory of one stacked row: 2 x (input + every leaf module's output) bytes
-    of a deterministic probe forward of the one example ``x1`` (repeated ``stack`` times for a
-    stacked ensemble). The factor 2 covers temporaries the leaf outputs do not show (masks,
-    functional ops inside a module's forward)."""
-    probe = x1[:1].repeat(stack, *([1] * (x1.dim() - 1)))
-    was_training = model.training
-    model.eval()
-    try:
-        total, _ = _probe(model, probe)
-    finally:
-        model.train(was_training)
-    return max(1, 2 * total // stack)
+@register
+class BatchNormRecomputed(Strategy):
+    """The deterministic pass of a copy whose BatchNorm running statistics are recomputed on the
+    training inputs with dropout off (:func:`dropens.batchnorm.recompute_bn`)."""
+
+    name = "bn_recomputed"
+
+    def applies(self, model):
+        return has_dropout(model) and bool(batchnorm_layers(model))
+
+    def prepare(self, model, ctx):
+        if ctx.train_x is None:
+            raise ConfigError(
+                "eval strategy 'bn_recomputed' needs the training inputs: pass train_x to evaluate"
+            )
+        return recompute_bn(model, ctx.train_x, ctx.train_batch_size)
+
+    def members(self, model, x, ctx):
+        _single_network(model, self.name)
+        return Members(1, lambda j0, j1: control.deterministic(model))
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+# ----------------------------------------------------------------------------- predict
 
 
-@torch.no_grad()
+def run(
+    strategy: Strategy,
+    model: nn.Module,
+    x: Tensor,
+    ctx: EvalContext,
+    aggregate: str = "mean",
+    keep_logprobs: bool | None = None,
+) -> Predictions:
+    """Run a strategy on a model it has already prepared (:meth:`Strategy.prepare`): members
+    ``[M, N, C]`` on the CPU; the model in eval mode for the call, its state restored after."""
+    if aggregate not in AGGREGATES:
+        raise bad_choice("aggregate", aggregate, AGGREGATES)
+    if len(x) == 0:
+        raise ConfigError("predict got no inputs (x has 0 rows); give at least one example")
+    if keep_logprobs is None:
+        keep_logprobs = strategy.logprobs or aggregate == "geometric"
+    with control.preserved(model), torch.no_grad():
+        model.eval()
+        members = strategy.members(model, x, ctx)
+        out = run_members(model, x, members, ctx.memory_budget_mb, ctx.max_rows)
+    if keep_logprobs:
+        return Predictions(out.exp(), aggregate, strategy.name, members.weights, out)
+    return Predictions(out.exp_(), aggregate, strategy.name, members.weights)
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -405,14 +595,16 @@ def predict(
     max_members: int = DEFAULT_MAX_MEMBERS,
     keep_logprobs: bool | None = None,
     max_rows: int | None = None,
+    **options: Any,
 ) -> Predictions:
     """Run ``strategy`` on inputs ``x`` ``[N, *input_shape]``; returns members ``[M, N, C]`` on CPU.
 
     The model is put in eval mode for the call (BatchNorm running statistics) and its previous
-    train/eval state, dropout modes and mask banks are restored afterwards.
+    train/eval state, dropout modes and mask banks are restored afterwards
+    (:func:`dropens.control.preserved`).
 
     Args:
-        strategy: ``deterministic`` | ``mc`` | ``members`` | ``exhaustive`` (module docstring).
+        strategy: a registered strategy (:data:`STRATEGIES`, module docstring).
         samples: ``mc`` only: the number of masks ``T`` (ignored by the other strategies).
         aggregate: what :attr:`Predictions.probs` computes: ``mean`` | ``geometric``.
         memory_budget_mb: working memory of one stacked forward (activations of all its rows,
@@ -420,61 +612,29 @@ def predict(
             (:func:`chunk_sizes`). On a CPU, chunks are also capped to a cache-sized working set
             (:func:`cpu_max_rows`), which is faster than one huge forward.
         max_members: ``exhaustive`` only: refuse more than this many masks.
-        keep_logprobs: also keep ``member_logprobs`` (default: for ``aggregate="geometric"``).
+        keep_logprobs: also keep ``member_logprobs`` (default: for ``aggregate="geometric"`` and
+            the strategies that need them).
         max_rows: at most this many stacked rows per forward (within the memory budget);
             ``None``: a cache-sized working set on a CPU (:func:`cpu_max_rows`), no cap on a GPU.
+        **options: further :class:`EvalContext` fields (``train_x`` for ``bn_recomputed``,
+            ``seed`` for ``single``).
 
     Raises:
-        ConfigError (one line): unknown strategy/aggregate, ``mc`` with samples < 1, a model
-            without dropout for ``mc``/``exhaustive``, ``members`` on a model that is neither a
-            subnets model nor a stacked ensemble, ``exhaustive`` above ``max_members`` or on a
-            block/non-Bernoulli dropout.
+        ConfigError (one line): unknown strategy/aggregate, no inputs, ``mc`` with samples < 1, a
+            model without dropout for ``mc``/``exhaustive``/``single``, ``members`` on a model
+            that is neither a subnets model nor a stacked ensemble, ``exhaustive`` above
+            ``max_members`` or on a block/non-Bernoulli dropout.
     """
-    if strategy not in STRATEGIES:
-        raise bad_choice("strategy", strategy, sorted(STRATEGIES))
+    chosen = get(strategy)
     if aggregate not in AGGREGATES:
         raise bad_choice("aggregate", aggregate, AGGREGATES)
-    if keep_logprobs is None:
-        keep_logprobs = aggregate == "geometric"
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        plan = STRATEGIES[strategy](model, samples, x, max_members)
-        m, n = plan.n_members, len(x)
-        row = row_bytes(model, x[:1].to(device), m if plan.fixed else 1)
-        if max_rows is None and device.type == "cpu":
-            max_rows = cpu_max_rows(row)
-        m_chunk, b_chunk = chunk_sizes(m, n, row, memory_budget_mb, plan.fixed, max_rows)
-        out: Tensor | None = None
-        for j0 in range(0, m, m_chunk):
-            j1 = min(j0 + m_chunk, m)
-            with plan.enter(j0, j1):
-                for n0 in range(0, n, b_chunk):
-                    n1 = min(n0 + b_chunk, n)
-                    logp = _stacked_logprobs(model, x[n0:n1].to(device), j1 - j0)
-                    if out is None:
-                        out = torch.empty(m, n, logp.shape[-1], dtype=torch.float32)
-                    out[j0:j1, n0:n1] = logp
-    finally:
-        model.train(was_training)
-    assert out is not None
-    if keep_logprobs:
-        return Predictions(out.exp(), aggregate, strategy, plan.weights, out)
-    return Predictions(out.exp_(), aggregate, strategy, plan.weights)
-
-
-def _stacked_logprobs(model: nn.Module, xb: Tensor, m: int) -> Tensor:
-    """``[m, b, C]`` float32 CPU log-probabilities of ``m`` stacked passes over the chunk ``xb``.
-
-    ``log_softmax`` runs in float32, or float64 for a float64 model, before the float32 copy.
-    """
-    stacked = xb.repeat(m, *([1] * (xb.dim() - 1))) if m > 1 else xb
-    logits = model(stacked)
-    if logits.dim() != 2 or logits.shape[0] != m * len(xb):
-        raise ConfigError(
-            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for "
-            f"{m} x {len(xb)} stacked rows; expected ({m * len(xb)}, C) in the (m b) layout"
-        )
-    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    return logp.reshape(m, len(xb), -1).float().cpu()
+    ctx = EvalContext(
+        samples=samples,
+        memory_budget_mb=memory_budget_mb,
+        max_members=max_members,
+        max_rows=max_rows,
+        **options,
+    )
+    prepared = chosen.prepare(model, ctx)
+    kept = keep_logprobs if keep_logprobs is not None else aggregate == "geometric"
+    return run(chosen, prepared, x, ctx, aggregate, kept)

@@ -25,16 +25,41 @@ Use :mod:`dropens.control` to switch every layer of a model at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from dropens import masks
 from dropens.errors import ConfigError, bad_choice
+from dropens.layout import unstack
 
 MODES = ("sample", "member", "off")
 # What the ``off`` mode multiplies by when ``Dropout.eval_multiplier`` is set (None: by ``scale``).
-EVAL_MULTIPLIERS = ("one", "keep")
+EVAL_MULTIPLIERS = masks.EVAL_MULTIPLIERS
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The runtime switches of a :class:`Dropout` layer, as one value (not saved in checkpoints).
+
+    :mod:`dropens.control` replaces a layer's switch for the length of a ``with`` block and puts
+    the saved one back, so every way of running a model (deterministic, MC, member masks, the
+    weight-scaling probe, explicit mask banks) saves and restores the same single thing.
+
+    Attributes:
+        mode: ``sample`` | ``member`` | ``off``, or ``None``: follow ``module.training``.
+        members: the member masks in use (``member`` mode), stacked ``(m b)`` on the batch axis.
+        assignment: optional ``[N]`` long: example ``n`` goes through ``members[assignment[n]]``.
+        eval_multiplier: ``None`` (by ``scale``) | ``one`` | ``keep``: the deterministic pass's factor.
+        bank: an explicit mask bank ``[M, *noise unit shape]`` (member ``k`` = row ``k``), or ``None``.
+    """
+
+    mode: str | None = None
+    members: tuple[int, ...] = (0,)
+    assignment: Tensor | None = None
+    eval_multiplier: str | None = None
+    bank: Tensor | None = None
 
 
 class Dropout(nn.Module):
@@ -77,14 +102,30 @@ class Dropout(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64))
-        self.mode: str | None = None
-        # None: the deterministic pass follows ``scale``; "one" | "keep": forced (not saved)
-        self.eval_multiplier: str | None = None
-        self.members: tuple[int, ...] = (0,)
-        self.assignment: Tensor | None = None
+        self.switch = Switch()  # runtime switches (mode, members, ...): dropens.control sets them
         self.n_members: int | None = None  # set by methods with a finite family (subnets)
         self._bank_cache: dict[tuple, Tensor] = {}
-        self.bank: Tensor | None = None  # explicit mask bank (set_bank); not saved in state_dict
+
+    # read-only views of the switch (set them with the setters below or dropens.control)
+    @property
+    def mode(self) -> str | None:
+        return self.switch.mode
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return self.switch.members
+
+    @property
+    def assignment(self) -> Tensor | None:
+        return self.switch.assignment
+
+    @property
+    def eval_multiplier(self) -> str | None:
+        return self.switch.eval_multiplier
+
+    @property
+    def bank(self) -> Tensor | None:
+        return self.switch.bank
 
     # ------------------------------------------------------------------ configuration
 
@@ -101,7 +142,7 @@ class Dropout(nn.Module):
     def set_mode(self, mode: str | None) -> None:
         if mode is not None and mode not in MODES:
             raise bad_choice("dropout mode", mode, MODES)
-        self.mode = mode
+        self.switch = replace(self.switch, mode=mode)
 
     def set_eval_multiplier(self, multiplier: str | None) -> None:
         """What the ``off`` mode multiplies its input by: ``"one"`` (identity), ``"keep"``
@@ -111,7 +152,7 @@ class Dropout(nn.Module):
         """
         if multiplier is not None and multiplier not in EVAL_MULTIPLIERS:
             raise bad_choice("dropout eval multiplier", multiplier, EVAL_MULTIPLIERS)
-        self.eval_multiplier = multiplier
+        self.switch = replace(self.switch, eval_multiplier=multiplier)
 
     def set_members(self, members: Sequence[int] | int, assignment: Tensor | None = None) -> None:
         """Select member masks: ``members`` stacked ``(m b)`` on the batch axis, or, with
@@ -131,8 +172,7 @@ class Dropout(nn.Module):
             bad = lo if lo < 0 else hi
             upper = self.n_members if self.n_members is not None else "inf"
             raise ConfigError(f"member k={bad} is outside [0, {upper}) (method.k={self.n_members})")
-        self.members = members
-        self.assignment = assignment
+        self.switch = replace(self.switch, members=members, assignment=assignment)
 
     def noise_unit_shape(self, unit_shape: Sequence[int]) -> tuple[int, ...]:
         """Per-example shape of one mask for a per-example input ``unit_shape`` (no batch axis).
@@ -168,7 +208,7 @@ class Dropout(nn.Module):
                 f"explicit mask bank of layer {self.site!r} has shape {got}; expected a float "
                 "tensor [M, *noise unit shape] with M >= 1"
             )
-        self.bank = bank
+        self.switch = replace(self.switch, bank=bank)
         self._bank_cache.clear()
 
     def extra_repr(self) -> str:
@@ -236,18 +276,18 @@ class Dropout(nn.Module):
             rows = self.bank.index_select(0, torch.tensor(self.members, device=self.bank.device))
         return rows.to(device=device, dtype=dtype)
 
-    def _member_forward(self, x: Tensor) -> Tensor:
+    def _member_noise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x viewed as the stacked members, their noise)``: ``[m, b, ...]`` and ``[m, 1, *unit]``
+        for ``m`` stacked members, or ``x`` and one mask per example with an ``assignment``."""
         bank = self.member_bank(x.shape[1:], x.device, x.dtype)  # [M, *unit]
         if self.assignment is not None:
-            noise = bank[self.assignment.to(x.device)]
-            return masks.apply_noise(x, noise, self.p, self.scale)
+            return x, bank[self.assignment.to(x.device)]
         m = bank.shape[0]
         if x.shape[0] % m:
             raise ConfigError(
                 f"batch of {x.shape[0]} is not a multiple of the {m} stacked members (layout (m b))"
             )
-        stacked = x.reshape(m, x.shape[0] // m, *x.shape[1:])
-        return masks.apply_noise(stacked, bank.unsqueeze(1), self.p, self.scale).reshape(x.shape)
+        return unstack(x, m), bank.unsqueeze(1)
 
     # ------------------------------------------------------------------ forward
 
@@ -256,21 +296,17 @@ class Dropout(nn.Module):
             return x
         masks.check_input(x.shape, self.structure, self.block_size, self.site)
         mode = self.effective_mode()
-        if mode == "off":
-            if self.eval_multiplier is None:
-                return masks.deterministic(x, self.p, self.scale)
-            return x * self.keep if self.eval_multiplier == "keep" else x
-        if mode == "member":
-            return self._member_forward(x)
-        noise = masks.sample_noise(
-            x.shape,
+        view, noise = self._member_noise(x) if mode == "member" else (x, None)
+        y = masks.dropout(
+            view,
             self.p,
             self.dist,
             self.structure,
+            self.scale,
             self.block_size,
             self.share_channels,
-            None,
-            x.device,
-            x.dtype,
+            training=mode != "off",
+            noise=noise,
+            multiplier=self.eval_multiplier,
         )
-        return masks.apply_noise(x, noise, self.p, self.scale)
+        return y.reshape(x.shape) if view is not x else y

@@ -276,8 +276,18 @@ def apply_noise(x: Tensor, noise: Tensor, p: float, scale: str) -> Tensor:
     return x * noise
 
 
-def deterministic(x: Tensor, p: float, scale: str) -> Tensor:
-    """The deterministic pass: ``x`` (``inverted``) or ``keep * x`` (``none``, weight scaling)."""
+EVAL_MULTIPLIERS = ("one", "keep")  # a forced multiplier of the deterministic pass (see dropout)
+
+
+def weight_scaled(x: Tensor, p: float, scale: str, multiplier: str | None = None) -> Tensor:
+    """The deterministic pass: ``x`` (``inverted``) or ``keep * x`` (``none``, weight scaling).
+
+    ``multiplier`` forces the factor whatever ``scale`` is: ``"one"`` (identity) or ``"keep"``
+    (``keep = 1 - p``): the mismatched passes of the weight-scaling probe (an inverted-dropout net
+    multiplied by keep once more, or an unscaled one never scaled)."""
+    if multiplier is not None:
+        check_choice("eval multiplier", multiplier, EVAL_MULTIPLIERS)
+        return x * (1.0 - p) if multiplier == "keep" else x
     return x * (1.0 - p) if scale == "none" and p > 0 else x
 
 
@@ -291,14 +301,21 @@ def dropout(
     share_channels: bool = False,
     training: bool = True,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    multiplier: str | None = None,
 ) -> Tensor:
-    """Generalized dropout, the functional core of :class:`dropens.layers.Dropout`.
-
-    ``y = g(A * x / keep)`` with ``A`` of the given distribution and structure (module docstring).
+    """Generalized dropout ``y = g(A * x / keep)``: the one function every dropout pass runs
+    (:class:`dropens.layers.Dropout` calls it in each of its modes).
 
     Args:
-        x: ``(N, F)`` or ``(N, C, *spatial)``.
-        training: sample a mask (``True``) or take the deterministic pass (``False``).
+        x: ``(N, F)`` or ``(N, C, *spatial)`` (or any shape ``noise`` broadcasts to).
+        p, dist, structure, scale, block_size, share_channels: the mask spec (module docstring).
+        training: apply a mask (``True``) or take the deterministic pass (``False``,
+            :func:`weight_scaled`).
+        generator: the RNG of a fresh mask (``None``: the global RNG of ``x``'s device).
+        noise: unit-mean noise to apply instead of a fresh draw (a fixed member mask,
+            :func:`member_noise`), broadcastable to ``x``.
+        multiplier: deterministic pass only: a forced factor, ``"one"`` | ``"keep"``.
 
     Returns:
         Tensor of ``x.shape``.
@@ -306,17 +323,18 @@ def dropout(
     if p == 0.0:
         return x
     if not training:
-        return deterministic(x, p, scale)
-    noise = sample_noise(
-        x.shape, p, dist, structure, block_size, share_channels, generator, x.device, x.dtype
-    )
+        return weight_scaled(x, p, scale, multiplier)
+    if noise is None:
+        noise = sample_noise(
+            x.shape, p, dist, structure, block_size, share_channels, generator, x.device, x.dtype
+        )
     return apply_noise(x, noise, p, scale)
 
 
 # ----------------------------------------------------------------------------- member masks
 
 
-def member_seed(layer_seed: int, k: int, unit_shape: Sequence[int]) -> int:
+def mask_seed(layer_seed: int, k: int, unit_shape: Sequence[int]) -> int:
     """A 63-bit RNG seed that is a pure function of (layer seed, member k, per-example shape).
 
     Uses BLAKE2b (stable across processes and platforms, unlike Python's salted ``hash``).
@@ -339,10 +357,10 @@ def member_noise(
 
     One draw of the same mask spec that ``sample`` mode uses, for a batch of one example with
     per-example shape ``unit_shape`` (``(F,)`` or ``(C, *spatial)``), from a CPU generator seeded by
-    :func:`member_seed` — identical across calls, processes and checkpoint reloads. Float64 on CPU
+    :func:`mask_seed` — identical across calls, processes and checkpoint reloads. Float64 on CPU
     (so ``1/keep`` is exact in whatever dtype it is cast to); callers cast and move it.
     """
-    generator = torch.Generator().manual_seed(member_seed(layer_seed, k, unit_shape))
+    generator = torch.Generator().manual_seed(mask_seed(layer_seed, k, unit_shape))
     return sample_noise(
         (1, *unit_shape),
         p,

@@ -149,7 +149,7 @@ class CompactRun:
 
 def reliability(run: RunRecord | CompactRun, key: str) -> dict[str, np.ndarray] | None:
     """Reliability-diagram data of a run's stored prediction ``"<set>/<label>"`` (e.g.
-    ``clean/mc32``): from a compact record as stored, from a run directory computed from its
+    ``clean/deterministic``): from a compact record as stored, from a run directory computed from its
     ``predictions.npz`` (:func:`reliability_summaries`, cached on the record); ``None`` when the
     run has no such prediction."""
     if isinstance(run, CompactRun):

@@ -4,7 +4,7 @@ One run writes one directory, complete or visibly incomplete::
 
     <results root>/<study>/<run id>/
       config.yaml        the resolved config (enough to rerun it)
-      metrics.json       flat scalars, keys ``stage/set/strategy/metric`` (e.g. ``test/clean/mc32/ece``)
+      metrics.json       flat scalars, keys ``stage/set/label/metric`` (e.g. ``test/clean/mc16/ece``, :mod:`dropens.keys`)
       predictions.npz    per eval set and strategy: members ``[M, N, C]`` float16 (+ ``labels/<set>``)
       magnitudes.json    per-layer activation statistics, train mode vs eval mode
                          (``dropens.evaluation.magnitudes``; read with :meth:`RunRecord.magnitudes`)

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from dropens import keys
 from dropens.config import compose, config_dir, to_container
 from dropens.errors import ConfigError, bad_choice
 from dropens.results import RunRecord
@@ -304,9 +305,9 @@ def summary_line(record: RunRecord) -> str:
     """``acc 0.955 nll 0.143`` of a record's deterministic (or members) row, for progress output."""
     metrics = record.metrics()
     for label in ("deterministic", "members"):
-        acc = metrics.get(f"test/clean/{label}/acc")
+        acc = metrics.get(keys.test("clean", label, "acc"))
         if acc is not None:
-            return f"{label} acc {acc:.4f} nll {metrics[f'test/clean/{label}/nll']:.4f}"
+            return f"{label} acc {acc:.4f} nll {metrics[keys.test('clean', label, 'nll')]:.4f}"
     return ""
 
 

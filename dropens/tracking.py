@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from dropens import keys
 from dropens.errors import check_choice
 from dropens.results import uses_dropout
 
@@ -146,17 +147,12 @@ def log_run_figures(
         )
         images = {"figures/reliability": wandb.Image(fig)}
         plt.close(fig)
-        sizes = sorted(
-            int(k.split("/")[2][2:])
-            for k in metrics
-            if k.startswith(f"test/{name}/mc") and k.endswith("/acc")
-        )
+        sizes = keys.mc_sizes_of(set(metrics), "test", name)
         if sizes:
             fig, ax = plt.subplots(figsize=(4.5, 3.2))
-            ax.plot(
-                sizes, [metrics[f"test/{name}/mc{t}/acc"] for t in sizes], "o-", label="MC dropout"
-            )
-            det = metrics.get(f"test/{name}/deterministic/acc")
+            acc = [metrics[keys.test(name, keys.mc_label(t), "acc")] for t in sizes]
+            ax.plot(sizes, acc, "o-", label="MC dropout")
+            det = metrics.get(keys.test(name, "deterministic", "acc"))
             if det is not None:
                 ax.axhline(det, ls="--", color="k", label="deterministic")
             ax.set(

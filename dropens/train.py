@@ -24,13 +24,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
-from dropens import control, tracking
+from dropens import control, keys, tracking
+from dropens.cues import OCCLUSION_FIELDS, cue_metrics, occlusion_record
 from dropens.data import build_datamodule
 from dropens.errors import ConfigError
-from dropens.evaluation import check_temperature_scaling, evaluate, magnitudes, mc_sizes
+from dropens.evaluation import check_temperature_scaling, evaluate, magnitudes, mc_sizes, plan
+from dropens.layout import stack
 from dropens.masks import validate_spec
 from dropens.methods import Method, method_class
-from dropens.metrics.shortcut import occlusion_map, pair_metrics
 from dropens.results import RunRecord
 
 
@@ -66,11 +67,10 @@ def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
     starts exactly where it would without this check.
     """
     if getattr(backbone, "stacked_members", False):
-        x = x.repeat(int(backbone.n_members), *([1] * (x.dim() - 1)))
+        x = stack(x, int(backbone.n_members))
     n_members = {m.n_members for m in control.dropout_layers(backbone) if m.p > 0} - {None}
     buffers = {name: b.clone() for name, b in backbone.named_buffers()}
-    with torch.random.fork_rng(), torch.no_grad():
-        was_training = backbone.training
+    with torch.random.fork_rng(), torch.no_grad(), control.preserved(backbone):
         try:
             backbone.train()
             backbone(x)
@@ -78,9 +78,8 @@ def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
             backbone(x)
             for k in n_members:
                 with control.member(backbone, list(range(k))):
-                    backbone(x.repeat(k, *([1] * (x.dim() - 1))))
+                    backbone(stack(x, k))
         finally:
-            backbone.train(was_training)
             for name, b in backbone.named_buffers():
                 b.copy_(buffers[name])
 
@@ -97,6 +96,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
     cls.validate(config)
     eval_cfg = config["eval"]
     mc_sizes(eval_cfg)
+    plan(cls.eval_strategies, eval_cfg)
     occlusion = eval_cfg.get("occlusion")
     if occlusion not in (None, False, True) and not isinstance(occlusion, Mapping):
         raise ConfigError(
@@ -162,53 +162,9 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     datamodule.drop_last_train = has_bn and len(datamodule.x_train) % datamodule.batch_size == 1
     _dry_run(backbone, datamodule.x_train[:2])
+    check_early_stopping(config, len(datamodule.x_train) // datamodule.batch_size or 1)
     method = cls(backbone, config)
     return Prepared(config, RunRecord.for_config(config), datamodule, method)
-
-
-def cue_metrics(
-    datamodule: Any,
-    eval_sets: Mapping[str, Any],
-    arrays: Mapping[str, Tensor],
-    eval_cfg: Mapping[str, Any],
-) -> dict[str, float]:
-    """Flip rates and group accuracies of the data module's counterfactual pairs (e.g. the
-    ``teeth_on``/``teeth_off`` sets of ``faces``) that were evaluated; ``{}`` for other data."""
-    pairs = {
-        name: (on, off)
-        for name, (on, off) in getattr(datamodule, "counterfactual_pairs", {}).items()
-        if on in eval_sets and off in eval_sets
-    }
-    if not pairs:
-        return {}
-    return pair_metrics(arrays, pairs, datamodule.class_names, int(eval_cfg["mc_samples"]))
-
-
-OCCLUSION_FIELDS = {"patch": 8, "stride": 4, "n": 500}
-
-
-def occlusion_record(
-    backbone: nn.Module,
-    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
-    strategies: Sequence[str],
-    cfg: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The ``occlusion.json`` record (``eval.occlusion: {patch, stride, n}``): the occlusion
-    sensitivity map (:func:`dropens.metrics.shortcut.occlusion_map`) of the first ``n`` examples
-    of the first eval set, for the deterministic pass (the members' average for an ensemble)."""
-    opts = {**OCCLUSION_FIELDS, **dict(cfg if isinstance(cfg, Mapping) else {})}
-    name, (x, y) = next(iter(eval_sets.items()))
-    strategy = "deterministic" if "deterministic" in strategies else "members"
-    n = int(opts["n"])
-    drop = occlusion_map(backbone, x[:n], y[:n], strategy, int(opts["patch"]), int(opts["stride"]))
-    return {
-        "eval_set": name,
-        "strategy": strategy,
-        "n_examples": min(n, len(x)),
-        "patch": int(opts["patch"]),
-        "stride": int(opts["stride"]),
-        "map": drop.tolist(),
-    }
 
 
 def _git(*args: str) -> str | None:
@@ -232,6 +188,47 @@ def _git_commit() -> tuple[str | None, bool | None]:
     return commit, (bool(status) if status is not None else None)
 
 
+BEST = "best"  # checkpoints/best.ckpt: the weights of the best validation NLL (early_stopping)
+
+
+def check_early_stopping(config: Mapping[str, Any], batches_per_epoch: int) -> None:
+    """``early_stopping`` (optional, absent by default so run ids do not change): ``true`` keeps
+    the checkpoint with the lowest validation NLL of the method's selection label
+    (``val/clean/deterministic/nll``; the members' for an ensemble) over the whole step budget and
+    evaluates it ("early stopping" with the budget fixed and the best weights restored). Needs a
+    validation within the budget.
+
+    Raises:
+        ConfigError: not a bool, or no validation epoch within the step budget.
+    """
+    value = config.get("early_stopping", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"early_stopping={value!r} is not valid; choose one of: true, false")
+    every = int(config["trainer"].get("check_val_every_n_epoch") or 1)
+    steps = int(config["trainer"].get("max_steps", -1))
+    if value and steps > 0 and every * batches_per_epoch > steps:
+        raise ConfigError(
+            f"early_stopping=true selects by validation NLL, but trainer.check_val_every_n_epoch="
+            f"{every} validates after {every * batches_per_epoch} steps, beyond the {steps}-step "
+            f"budget; validate more often"
+        )
+
+
+def _restore_best(method: Method, best: ModelCheckpoint) -> dict[str, Any]:
+    """Load the best checkpoint's weights into ``method``; its step and score for run.json."""
+    path = best.best_model_path
+    if not path or not Path(path).exists():
+        raise ConfigError(
+            "early_stopping=true but no validation result was checkpointed; validate more often"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    method.load_state_dict(state["state_dict"])
+    return {
+        "selected_step": int(state.get("global_step", -1)),
+        "selected_val_nll": float(best.best_model_score),
+    }
+
+
 def fit_and_record(prep: Prepared) -> RunRecord:
     """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record."""
     config, record, method = prep.config, prep.record, prep.method
@@ -249,13 +246,26 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         save_top_k=1,
         enable_version_counter=False,
     )
+    callbacks = [checkpoint]
+    best = None
+    if config.get("early_stopping", False):  # keep the checkpoint of the best validation NLL
+        best = ModelCheckpoint(
+            dirpath=str(record.checkpoint_dir),
+            filename=BEST,
+            monitor=keys.key("val", "clean", method.selection_label, "nll"),
+            mode="min",
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        callbacks.append(best)
     trainer = L.Trainer(
         **config["trainer"],
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
         default_root_dir=str(record.path),
     )
     trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
+    selected = _restore_best(method, best) if best is not None else {}
     # Lightning moves the module back to the CPU when fit ends: evaluate (MC, members, exhaustive:
     # the expensive part on a GPU run) on the device it trained on (inputs follow the model)
     device = trainer.strategy.root_device
@@ -268,6 +278,7 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         method.eval_strategies,
         train_x=prep.datamodule.x_train,
         train_batch_size=prep.datamodule.batch_size,
+        seed=int(config["seed"]),
     )
     metrics.update(cue_metrics(prep.datamodule, eval_sets, arrays, config["eval"]))
     record.write_json("metrics.json", metrics)
@@ -287,6 +298,7 @@ def fit_and_record(prep: Prepared) -> RunRecord:
     info = {
         "wall_s": round(time.time() - start, 2),
         "steps": int(trainer.global_step),
+        **selected,
         "git_commit": commit,
         "git_dirty": dirty,  # true: uncommitted changes on top of git_commit
         "torch": torch.__version__,

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dropens import control
+from dropens.batchnorm import recompute_bn
 from dropens.errors import ConfigError
-from dropens.evaluation import evaluate, magnitudes, recompute_bn
+from dropens.evaluation import evaluate, magnitudes
 from dropens.layers import Dropout
 from dropens.methods.ensemble import StackedEnsemble
 from dropens.models.mlp import MLP

@@ -6,8 +6,7 @@
   storage of the member probabilities (~1e-7), hence the 1e-6 tolerance.
 - MC dropout against the exhaustive mean: per (example, class), the MC mean has the standard error
   ``std / sqrt(T)`` of its ``T`` i.i.d. masks; the worst of the ``N C`` standardized deviations is
-  compared with the Bonferroni quantile of ``Z = 4.5`` (one correct check fails with probability
-  ``P_FALSE = 6.8e-6``, as in ``tests/test_layers.py``).
+  compared with the Bonferroni quantile :func:`z_max` (the convention of :mod:`stats_helpers`).
 - Batching and chunking are compared with looped passes on networks with small-integer weights
   and inputs and ``p = 1/2`` (``1/keep = 2``): every logit is then exact in float64, so results are
   bit-identical whatever the BLAS kernel and batch size (generic float networks differ by an ulp
@@ -24,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import stats
+from stats_helpers import z_max
 from torch import nn
 
 from dropens import control
@@ -39,14 +39,7 @@ from dropens.inference import (
 from dropens.layers import Dropout
 from dropens.metrics.summary import aggregate
 
-Z = 4.5
-P_FALSE = 2 * stats.norm.sf(Z)
 TINY_BUDGET = 1e-9  # MB: one stacked row per forward
-
-
-def z_max(k: int) -> float:
-    """Two-sided normal quantile for the largest of ``k`` standardized deviations (Bonferroni)."""
-    return float(stats.norm.isf(P_FALSE / (2 * k)))
 
 
 def assert_one_line(error: pytest.ExceptionInfo, *fragments: str) -> None:

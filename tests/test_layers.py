@@ -1,11 +1,9 @@
 """Tests for :class:`dropens.layers.Dropout`: moments, references, modes, member masks, errors.
 
-Statistical checks compare an estimate with its target within ``Z = 4.5`` standard errors derived
-from the sampling distribution (binomial; sample variance via the closed-form fourth central
-moment; ratio estimators via per-sample clusters), never fitted to an output. One correct check
-fails with probability ``P_FALSE = 6.8e-6`` (two-sided normal tail); checks over the maximum of
-``k`` estimates use the Bonferroni quantile :func:`z_max`. Sample-mode draws use the global RNG,
-seeded with ``torch.manual_seed`` in every statistical test.
+Statistical checks follow the convention of :mod:`stats_helpers` (``Z = 4.5`` standard errors
+derived from the sampling distribution, false-failure probability ``P_FALSE`` per check, Bonferroni
+:func:`z_max` over maxima); ratio estimators take their SE from per-sample clusters. Sample-mode
+draws use the global RNG, seeded with ``torch.manual_seed`` in every statistical test.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from scipy import stats
+from stats_helpers import Z, assert_within, binomial_se, z_max
 from torch import nn
 
 import dropens
@@ -27,24 +25,9 @@ from dropens import masks
 from dropens.errors import ConfigError
 from dropens.layers import Dropout
 
-Z = 4.5
-P_FALSE = 2 * stats.norm.sf(Z)
 PS = (0.1, 0.3, 0.5, 0.8)
 DISTS = ("bernoulli", "gaussian", "uniform")
 SHARED = ("element", "channel", "location")  # structures available for every distribution
-
-
-def z_max(k: int) -> float:
-    """Two-sided normal quantile for the largest of ``k`` standardized deviations (Bonferroni)."""
-    return float(stats.norm.isf(P_FALSE / (2 * k)))
-
-
-def assert_within(est: float, target: float, se: float, z: float = Z, what: str = "") -> None:
-    assert se >= 0
-    # 1e-12: float64 rounding only, for the degenerate se == 0 (Bernoulli p = 1/2 variance)
-    assert abs(est - target) <= z * se + 1e-12, (
-        f"{what}: {est:.6f} vs {target:.6f}, |diff| = {abs(est - target):.2e} > {z:.2f} SE = {z * se:.2e}"
-    )
 
 
 def spec(dist: str = "bernoulli", structure: str = "element") -> dict:
@@ -330,7 +313,7 @@ def test_member_masks_are_draws_of_the_spec(dist, structure, p):
     assert n == 64 * {"element": 1024, "channel": 64, "location": 16}[structure]
     v = p / (1 - p)
     if dist == "bernoulli":
-        assert_within((bank == 0).double().mean().item(), p, math.sqrt(p * (1 - p) / n))
+        assert_within((bank == 0).double().mean().item(), p, binomial_se(p, n))
     else:
         assert_within(bank.mean().item(), 1.0, math.sqrt(v / n), what="mean")
         se = math.sqrt((fourth_central_moment(dist, p) - v**2) / n)

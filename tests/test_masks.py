@@ -1,12 +1,8 @@
 """Tests for :mod:`dropens.masks`: distributions x structures x scaling as pure functions.
 
-Statistical checks compare an estimate with its target within ``Z`` standard errors (SE), the SE
-derived from the sampling distribution (binomial, sample variance via the fourth central moment,
-or the spread of per-sample statistics across independent samples), never fitted to an output.
-``Z = 4.5``: a correct implementation fails one check with probability ``P_FALSE = 6.8e-6``
-(two-sided normal tail), so the few hundred checks of the suite give a false alarm less than once
-in 300 runs whatever the seed; the seeds are fixed, so each run is reproducible. A check over the
-maximum of ``k`` estimates uses the Bonferroni quantile :func:`z_max` (same ``P_FALSE`` per test).
+Statistical checks follow the convention of :mod:`stats_helpers` (``Z = 4.5`` standard errors
+derived from the sampling distribution, false-failure probability ``P_FALSE`` per check, Bonferroni
+:func:`z_max` over maxima); the seeds are fixed, so each run is reproducible.
 """
 
 from __future__ import annotations
@@ -20,31 +16,17 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from scipy import optimize, stats
+from stats_helpers import P_FALSE, Z, assert_within, binomial_se, z_max
 
 from dropens import masks
 
-Z = 4.5
-P_FALSE = 2 * stats.norm.sf(Z)  # 6.8e-6: probability that one correct check fails
 PS = (0.1, 0.3, 0.5, 0.8)
 DISTS = ("bernoulli", "gaussian", "uniform")
 SPATIAL = {1: (16,), 2: (4, 4), 3: (4, 2, 2)}
 
 
-def z_max(k: int) -> float:
-    """Two-sided normal quantile for the largest of ``k`` standardized deviations (Bonferroni)."""
-    return float(stats.norm.isf(P_FALSE / (2 * k)))
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def assert_within(est: float, target: float, se: float, z: float = Z, what: str = "") -> None:
-    assert se >= 0
-    # 1e-12: float64 rounding only, for the degenerate se == 0 (e.g. Bernoulli p = 1/2 variance)
-    assert abs(est - target) <= z * se + 1e-12, (
-        f"{what}: {est:.6f} vs {target:.6f}, |diff| = {abs(est - target):.2e} > {z:.2f} SE = {z * se:.2e}"
-    )
 
 
 # ----------------------------------------------------------------------------- shared-structure checks
@@ -169,7 +151,7 @@ def test_block_drop_probability_is_p_at_every_position(shape, b, p):
     """P(position j dropped) = p at every j, border included (the noise has mean 1 per unit)."""
     noise = masks.sample_noise(shape, p, structure="block", block_size=b, generator=gen(1))
     rate = (noise == 0).double().mean(dim=(0, 1))
-    se = math.sqrt(p * (1 - p) / shape[0])
+    se = binomial_se(p, shape[0])
     dev = ((rate - p).abs() / se).max().item()
     assert dev <= z_max(rate.numel()), f"worst position off by {dev:.1f} SE"
 
@@ -216,7 +198,7 @@ def test_dropped_fraction_is_p(structure, ndim, p):
     shape = FRACTION_SHAPES[structure][ndim]
     y = masks.dropout(torch.ones(shape), p, structure=structure, generator=gen(10 + ndim))
     n = group_count(shape, structure)
-    se = math.sqrt(p * (1 - p) / n)
+    se = binomial_se(p, n)
     assert_within((y == 0).double().mean().item(), p, se, what=f"{structure} dropped fraction")
 
 
@@ -412,9 +394,7 @@ def test_member_noise_is_a_pure_function_of_seed_member_and_shape():
     a = masks.member_noise(5, 0, **kw)
     assert a.shape == (1, 4, 1, 1) and a.dtype == torch.float64  # exact 1/keep in any dtype
     assert torch.equal(a, masks.member_noise(5, 0, **kw))
-    seeds = {
-        masks.member_seed(s, k, u) for s in (5, 6) for k in (0, 1, 2) for u in ((4, 8), (8, 4))
-    }
+    seeds = {masks.mask_seed(s, k, u) for s in (5, 6) for k in (0, 1, 2) for u in ((4, 8), (8, 4))}
     assert len(seeds) == 12
     assert all(0 <= s < 2**63 for s in seeds)
     big = {"unit_shape": (4096,), "p": 0.5}

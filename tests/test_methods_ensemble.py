@@ -15,7 +15,7 @@ from dropens import control
 from dropens.config import compose, to_container
 from dropens.inference import predict
 from dropens.methods import Ensemble, StackedEnsemble, method_class
-from dropens.methods.ensemble import ensemble_loss, member_seed
+from dropens.methods.ensemble import ensemble_loss, init_seed
 from dropens.models import build_model
 from dropens.train import fit_and_record, prepare
 
@@ -60,7 +60,7 @@ def test_each_member_equals_the_network_trained_alone(model):
     k, steps, lr = 3, 6, 1e-2
     cfg = _cfg("method.k=3", "seed=7", *model)
     ensemble = Ensemble(Ensemble.build_backbone(cfg, SHAPE, C), cfg).double()
-    singles = [_alone(cfg, member_seed(7, i)).double() for i in range(k)]
+    singles = [_alone(cfg, init_seed(7, i)).double() for i in range(k)]
     opt = torch.optim.AdamW(ensemble.parameters(), lr=lr, weight_decay=0.01)
     opts = [torch.optim.AdamW(s.parameters(), lr=lr, weight_decay=0.01) for s in singles]
     ensemble.train()
@@ -86,12 +86,12 @@ def test_each_member_equals_the_network_trained_alone(model):
 def test_members_start_from_their_own_seeds():
     cfg = _cfg("method.k=3", "model=mlp", "seed=2")
     stacked = Ensemble.build_backbone(cfg, SHAPE, C)
-    alone = _alone(cfg, member_seed(2, 1))
+    alone = _alone(cfg, init_seed(2, 1))
     state = _members_of(stacked)
     for name, value in alone.state_dict().items():
         assert torch.equal(state[1][name], value), name
     assert not torch.equal(state[0]["classifier.weight"], state[1]["classifier.weight"])
-    assert member_seed(2, 1) == 2001
+    assert init_seed(2, 1) == 2001
 
 
 def test_loss_is_the_sum_of_member_losses(batch):

@@ -63,6 +63,7 @@ def test_registered_and_members_declared():
         "deterministic",
         "members",
         "mc",
+        "single",
         "ws_off",
         "ws_on",
         "bn_recomputed",
@@ -74,7 +75,7 @@ def test_members_differ_and_stack_member_major(batch):
     method = _method("method.k=3")
     ref = _member_logits(method, x)
     assert not torch.allclose(ref[0], ref[1]) and not torch.allclose(ref[1], ref[2])
-    probs = method.member_probs(x)  # one stacked (m b) pass, as at validation
+    probs = predict(method.backbone, x, "members").member_probs  # one stacked (m b) pass
     torch.testing.assert_close(probs, F.softmax(ref, -1), atol=1e-6, rtol=0)
     # the same masks in train mode: member masks are fixed, not sampled
     method.train()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dropens.config import plain_dict
 from dropens.data.base import TensorDataModule, config_fields, stratified_split
 from dropens.data.faces import FacesDataModule
 from dropens.data.loader import TensorLoader, random_crop_flip
@@ -49,15 +50,6 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
 }
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved plain dict from a dict or an OmegaConf ``DictConfig`` (interpolations such
-    as ``${oc.env:DROPENS_DATA,...}`` are resolved in both)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-
-
 def build_datamodule(cfg: Mapping[str, Any], *, seed: int = 0) -> TensorDataModule:
     """The data module named by ``cfg["name"]``, configured by the other fields of ``cfg``.
 
@@ -65,7 +57,7 @@ def build_datamodule(cfg: Mapping[str, Any], *, seed: int = 0) -> TensorDataModu
     ``cfg["split_seed"]``. Unknown names or fields raise a one-line :class:`ConfigError`.
     Nothing is loaded until ``setup()``.
     """
-    fields = _plain(cfg)
+    fields = plain_dict(cfg)
     name = fields.pop("name", None)
     if name not in DATAMODULES:
         raise bad_choice("data.name", name, DATAMODULES)

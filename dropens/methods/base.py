@@ -8,7 +8,7 @@ record live elsewhere (STYLE.md anti-pattern: one routine class with 17 switches
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import lightning as L
@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dropens import control
+from dropens import keys
 from dropens.errors import ConfigError, check_choice
+from dropens.inference import predict
 from dropens.metrics.wrappers import PredictionMetrics
 from dropens.models import build_model
 from dropens.rng import rng_state, set_rng_state
@@ -35,15 +36,17 @@ class Method(L.LightningModule):
             ``method``, ``trainer.max_steps`` (schedule length) and ``eval`` (validation metrics).
 
     Validation logs, at every validation epoch, the calibration (and, for several members,
-    diversity) metrics of :func:`dropens.metrics.summary.prediction_metrics` for every strategy of
-    :meth:`validation_strategies`, under keys ``val/clean/<strategy>/<metric>`` (STYLE.md 3).
+    diversity) metrics of :func:`dropens.metrics.summary.prediction_metrics` for every entry of
+    :meth:`validation_plan` -- the same registered strategies as the test-time evaluation
+    (:mod:`dropens.inference`) -- under keys ``val/clean/<label>/<metric>`` (STYLE.md 3).
     """
 
     name: ClassVar[str] = "base"
-    # The test-time evaluation plan: the strategies of dropens.evaluation.evaluate to run on every
-    # eval set (``deterministic`` | ``mc`` (the eval.mc_curve) | ``members`` | ``ws_off`` |
-    # ``ws_on`` | ``bn_recomputed``).
+    # The test-time evaluation plan: registered strategies (dropens.inference.STRATEGIES) that
+    # dropens.evaluation.evaluate runs on every eval set.
     eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic",)
+    # the validation label whose NLL early stopping selects by (a label of validation_plan)
+    selection_label: ClassVar[str] = "deterministic"
 
     def __init__(self, backbone: nn.Module, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -59,7 +62,7 @@ class Method(L.LightningModule):
         self._loss_count = 0
         self._resume_rng: dict[str, Any] | None = None  # set by on_load_checkpoint
         self.val_metrics = nn.ModuleDict(
-            {name: PredictionMetrics(n_bins=n_bins) for name in self.validation_strategies()}
+            {label: PredictionMetrics(n_bins=n_bins) for label in self.validation_plan()}
         )
 
     # ------------------------------------------------------------------ construction
@@ -127,13 +130,10 @@ class Method(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
 
-    def validation_strategies(self) -> dict[str, Callable[[Tensor], Tensor]]:
-        """``{label: fn(x [B, ...]) -> member_probs [M, B, C]}`` evaluated at every validation."""
-        return {"deterministic": self._deterministic_probs}
-
-    def _deterministic_probs(self, x: Tensor) -> Tensor:
-        with control.deterministic(self.backbone):
-            return F.softmax(self.backbone(x).float(), dim=-1).unsqueeze(0)
+    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
+        """``{label: (strategy, samples)}`` evaluated on the validation set at every validation
+        epoch: registered strategies of :mod:`dropens.inference` (``samples``: MC masks)."""
+        return {"deterministic": ("deterministic", None)}
 
     def on_validation_epoch_start(self) -> None:
         # Validation samples MC masks; keep it from consuming the training RNG, so the training
@@ -142,15 +142,17 @@ class Method(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        for label, fn in self.validation_strategies().items():
-            self.val_metrics[label].update(fn(x), y)
+        budget = float(self.eval_cfg.get("memory_budget_mb", 256))
+        for label, (strategy, samples) in self.validation_plan().items():
+            preds = predict(self.backbone, x, strategy, samples=samples, memory_budget_mb=budget)
+            self.val_metrics[label].update(preds.member_probs, y.cpu())
 
     def on_validation_epoch_end(self) -> None:
         set_rng_state(self._rng_state)
         for label, metric in self.val_metrics.items():
             values = metric.compute()
             metric.reset()
-            self.log_dict({f"val/clean/{label}/{k}": v for k, v in values.items()})
+            self.log_dict({keys.key("val", "clean", label, k): v for k, v in values.items()})
             if label == "deterministic":
                 self.log("val_acc", values["acc"], prog_bar=True, logger=False)
 

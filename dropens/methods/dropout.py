@@ -10,16 +10,17 @@ only the objective differs, which is what separates the two readings of dropout.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dropens import control
+from dropens import keys
 from dropens.errors import check_choice
-from dropens.evaluation import DROPOUT_PROBES
+from dropens.inference import DROPOUT_PROBES
+from dropens.layout import stack, unstack
 from dropens.methods.base import Method, require
 
 OBJECTIVES = ("member", "ensemble")
@@ -33,7 +34,7 @@ def stacked_loss(logits: Tensor, y: Tensor, m: int, objective: str) -> Tensor:
         y: ``[b]`` labels.
         objective: ``member`` = mean_m CE(logits_m, y); ``ensemble`` = -mean_b log mean_m p_m(y|x).
     """
-    logp = F.log_softmax(logits.float(), dim=-1).reshape(m, -1, logits.shape[-1])  # [m, b, C]
+    logp = unstack(F.log_softmax(logits.float(), dim=-1), m)  # [m, b, C]
     logp_y = logp.gather(-1, y.expand(m, -1).unsqueeze(-1)).squeeze(-1)  # [m, b]
     if objective == "member":
         return -logp_y.mean()
@@ -44,11 +45,11 @@ class DropoutMethod(Method):
     """Dropout training: masks sampled fresh per example and step (mode ``sample``)."""
 
     name: ClassVar[str] = "dropout"
-    # weight scaling, and MC dropout at every T of eval.mc_curve (the mc rows also hold the mean
-    # single-subnetwork metrics member_acc / member_nll); the weight-scaling probe (ws_off, ws_on)
-    # and BatchNorm statistics recomputed with dropout off (only where the backbone has BatchNorm):
-    # one deterministic pass each
-    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "mc", *DROPOUT_PROBES)
+    # weight scaling, MC dropout at every T of eval.mc_curve (the mc rows also hold the mean
+    # single-subnetwork metrics member_acc / member_nll), one random subnetwork (single); the
+    # weight-scaling probe (ws_off, ws_on) and BatchNorm statistics recomputed with dropout off
+    # (only where the backbone has BatchNorm): one deterministic pass each
+    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "mc", "single", *DROPOUT_PROBES)
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -68,19 +69,14 @@ class DropoutMethod(Method):
             "dropout.p=0 with method=dropout trains the plain network; use method=plain or p > 0",
         )
 
-    def validation_strategies(self) -> dict[str, Callable[[Tensor], Tensor]]:
+    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
         """Deterministic pass plus MC dropout with ``eval.val_mc_samples`` masks."""
         t = int(self.eval_cfg.get("val_mc_samples", 8))
-        return {**super().validation_strategies(), f"mc{t}": lambda x: self._mc_probs(x, t)}
-
-    def _mc_probs(self, x: Tensor, t: int) -> Tensor:
-        with control.mc(self.backbone):
-            logits = self.backbone(x.repeat(t, *([1] * (x.dim() - 1))))  # (m b)
-        return F.softmax(logits.float(), dim=-1).reshape(t, len(x), -1)
+        return {**super().validation_plan(), keys.mc_label(t): ("mc", t)}
 
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         m = int(self.method_cfg["samples"])
         if m == 1:
             return F.cross_entropy(self.backbone(x), y)
-        logits = self.backbone(x.repeat(m, *([1] * (x.dim() - 1))))  # (m b): fresh mask per row
+        logits = self.backbone(stack(x, m))  # (m b): fresh mask per row
         return stacked_loss(logits, y, m, self.method_cfg["objective"])

@@ -12,7 +12,7 @@ pass is ``vmap(functional_call)`` over the member axis, with ``randomness="diffe
 draws its own dropout masks). BatchNorm in train mode updates each member's running statistics.
 
 Initialization. Member ``k`` of a run with seed ``s`` is the backbone built right after
-``torch.manual_seed(s * 1000 + k)`` (:func:`member_seed`) — the network a single run would build
+``torch.manual_seed(s * 1000 + k)`` (:func:`init_seed`) — the network a single run would build
 with that seed — so member ``k`` can be reproduced alone (``K < 1000`` keeps the seeds of runs with
 different ``s`` apart).
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -49,12 +49,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from dropens.errors import ConfigError
+from dropens.layout import unstack
 from dropens.methods.base import Method, require
 from dropens.methods.subnets import check_k
 from dropens.models import build_model
 
 
-def member_seed(seed: int, k: int) -> int:
+def init_seed(seed: int, k: int) -> int:
     """Init seed of member ``k`` of a run with seed ``seed``: ``seed * 1000 + k``."""
     return int(seed) * 1000 + int(k)
 
@@ -119,7 +120,7 @@ class StackedEnsemble(nn.Module):
                 f"batch of {x.shape[0]} rows is not a multiple of the {k} ensemble members "
                 "(layout (m b): stack the input once per member)"
             )
-        out = self._vmapped(x.reshape(k, x.shape[0] // k, *x.shape[1:]), 0)
+        out = self._vmapped(unstack(x, k), 0)
         return out.reshape(-1, out.shape[-1])
 
     def member(self, k: int) -> nn.Module:
@@ -150,6 +151,7 @@ class Ensemble(Method):
 
     name: ClassVar[str] = "ensemble"
     eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
+    selection_label: ClassVar[str] = "members"
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -176,13 +178,13 @@ class Ensemble(Method):
     def build_member(
         cls, cfg: Mapping[str, Any], input_shape: tuple[int, ...], n_classes: int, k: int
     ) -> nn.Module:
-        """Member ``k`` as a single backbone, initialized from :func:`member_seed` (global RNG
+        """Member ``k`` as a single backbone, initialized from :func:`init_seed` (global RNG
         untouched). With ``member_dropout=false`` its dropout layers are at ``p = 0``."""
         dropout = dict(cfg["dropout"])
         if not cfg["method"]["member_dropout"]:
             dropout["p"] = 0.0
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(member_seed(cfg["seed"], k))
+            torch.manual_seed(init_seed(cfg["seed"], k))
             return build_model(cfg["model"], dropout, input_shape, n_classes)
 
     @classmethod
@@ -214,10 +216,6 @@ class Ensemble(Method):
 
     # ------------------------------------------------------------------ validation
 
-    def validation_strategies(self) -> dict[str, Callable[[Tensor], Tensor]]:
-        """The ``K`` members ``[K, B, C]`` (there is no single deterministic network)."""
-        return {"members": self.member_probs}
-
-    def member_probs(self, x: Tensor) -> Tensor:
-        """``[K, B, C]`` probabilities of the ``K`` members on ``x``."""
-        return F.softmax(self.backbone.forward_members(x).float(), dim=-1)
+    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
+        """The ``K`` members (there is no single deterministic network)."""
+        return {"members": ("members", None)}

@@ -27,7 +27,7 @@ statistics serve every member at test time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from dropens import control
 from dropens.errors import ConfigError, check_choice
-from dropens.evaluation import DROPOUT_PROBES
+from dropens.inference import DROPOUT_PROBES
+from dropens.layout import stack
 from dropens.methods.base import Method, require
 from dropens.methods.dropout import OBJECTIVES, stacked_loss
 
@@ -68,7 +69,13 @@ class Subnets(Method):
 
     name: ClassVar[str] = "subnets"
     # + the weight-scaling probe and recomputed BatchNorm statistics, as for dropout
-    eval_strategies: ClassVar[tuple[str, ...]] = ("deterministic", "members", "mc", *DROPOUT_PROBES)
+    eval_strategies: ClassVar[tuple[str, ...]] = (
+        "deterministic",
+        "members",
+        "mc",
+        "single",
+        *DROPOUT_PROBES,
+    )
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -115,18 +122,11 @@ class Subnets(Method):
             with control.member(self.backbone, list(range(k)), assignment=assignment):
                 return F.cross_entropy(self.backbone(x), y)
         with control.member(self.backbone, list(range(k))):
-            logits = self.backbone(x.repeat(k, *([1] * (x.dim() - 1))))  # (m b)
+            logits = self.backbone(stack(x, k))  # (m b)
         return stacked_loss(logits, y, k, self.method_cfg["objective"])
 
     # ------------------------------------------------------------------ validation
 
-    def validation_strategies(self) -> dict[str, Callable[[Tensor], Tensor]]:
-        """Deterministic pass (weight scaling) plus the ``K`` members ``[K, B, C]``."""
-        return {**super().validation_strategies(), "members": self.member_probs}
-
-    def member_probs(self, x: Tensor) -> Tensor:
-        """``[K, B, C]`` probabilities of the ``K`` members on ``x`` (one stacked pass)."""
-        k = self.k
-        with control.member(self.backbone, list(range(k))):
-            logits = self.backbone(x.repeat(k, *([1] * (x.dim() - 1))))
-        return F.softmax(logits.float(), dim=-1).reshape(k, len(x), -1)
+    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
+        """Deterministic pass (weight scaling) plus the ``K`` members."""
+        return {**super().validation_plan(), "members": ("members", None)}

@@ -4,7 +4,8 @@
   temperature scaling, AURC, OOD scores/AUROC/FPR@95
 - :mod:`.diversity`    entropies and mutual information, disagreement, pairwise KL/JS, ensemble
   gain, Brier ambiguity, error correlation, Q-statistic, diversity-accuracy plane
-- :mod:`.magnitude`    activation statistics around dropout/BatchNorm, train vs eval; variance shift
+- :mod:`.magnitude`    activation statistics, variance shift, BatchNorm variance mismatch (the
+  recorder that runs a model: :mod:`dropens.activations`)
 - :mod:`.stats`        across seeds: mean/std/CI, paired tests, Holm, effect size
 - :mod:`.summary`      ``aggregate`` (members -> prediction) and ``prediction_metrics`` (run record)
 - :mod:`.wrappers`     ``PredictionMetrics`` (torchmetrics) for validation-time logging
@@ -41,18 +42,11 @@ from dropens.metrics.diversity import (
     predictive_entropy,
     q_statistic,
 )
-from dropens.metrics.magnitude import (
-    ActivationRecorder,
-    activation_stats,
-    bn_variance_mismatch,
-    record_train_eval,
-    variance_shift,
-)
+from dropens.metrics.magnitude import activation_stats, bn_variance_mismatch, variance_shift
 from dropens.metrics.summary import aggregate, prediction_metrics
 from dropens.metrics.wrappers import PredictionMetrics
 
 __all__ = [
-    "ActivationRecorder",
     "PredictionMetrics",
     "accuracy",
     "activation_stats",
@@ -82,7 +76,6 @@ __all__ = [
     "prediction_metrics",
     "predictive_entropy",
     "q_statistic",
-    "record_train_eval",
     "reliability",
     "variance_shift",
 ]

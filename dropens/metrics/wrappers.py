@@ -1,7 +1,7 @@
 """Thin ``torchmetrics.Metric`` wrappers over the functional metrics, for validation-time logging.
 
 Keys follow ``stage/set/strategy/metric`` when cloned into a ``MetricCollection`` with a prefix
-(e.g. ``prefix="val/clean/mc32/"``); the metrics themselves know nothing about logging.
+(e.g. ``prefix="val/clean/mc8/"``); the metrics themselves know nothing about logging.
 """
 
 from __future__ import annotations

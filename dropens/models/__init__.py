@@ -24,9 +24,9 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dropens.config import plain_dict
 from dropens.errors import ConfigError, bad_choice
 from dropens.models.base import (
     DROPOUT_FIELDS,
@@ -59,15 +59,6 @@ __all__ = [
 _RESERVED = ("self", "input_shape", "n_classes", "sites", "dropout")
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in dict(cfg).items()
-    }
-
-
 def architecture_fields(cls: type[Backbone]) -> tuple[str, ...]:
     """The architecture fields of model ``cls`` (its constructor arguments from the config)."""
     params = inspect.signature(cls.__init__).parameters
@@ -97,7 +88,7 @@ def build_model(
         ConfigError (one line): unknown ``model.name``, field or dropout site; an input shape the
         model cannot take; a non-element structure with only flat sites; an invalid dropout spec.
     """
-    cfg = _plain(model_cfg)
+    cfg = plain_dict(model_cfg)
     name = cfg.pop("name", None)
     if name not in MODELS:
         raise bad_choice("model.name", name, MODELS)
@@ -117,7 +108,7 @@ def build_model(
         tuple(int(s) for s in input_shape),
         n_classes,
         sites=sites,
-        dropout=_plain(dropout_cfg),
+        dropout=plain_dict(dropout_cfg),
         **cfg,
     )
 

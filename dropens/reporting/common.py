@@ -9,7 +9,7 @@ Figures are written as PNG (for the README/REPORT and W&B) and PDF (for papers) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.metrics import stats
 from dropens.reporting.tables import markdown_table
 
@@ -175,11 +176,26 @@ def headline_t(df: pd.DataFrame) -> int:
     return int(values.iloc[0]) if len(values) else 32
 
 
-def require_columns(df: pd.DataFrame, keys: Sequence[str], study: str) -> None:
+def mc_sizes(
+    df: pd.DataFrame, metric: str = "acc", set_name: str = "clean", nonempty: bool = True
+) -> list[int]:
+    """The sorted ``T`` of the ``test/<set_name>/mc<T>/<metric>`` columns of the runs (only those
+    with a value in some run when ``nonempty``; :func:`dropens.keys.mc_sizes_of`)."""
+    columns = [
+        c
+        for c in df.columns
+        if (k := keys.parse(c)) is not None
+        and k.metric == metric
+        and (not nonempty or df[c].notna().any())
+    ]
+    return keys.mc_sizes_of(columns, set_name=set_name)
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], study: str) -> None:
     """The report's headline columns exist (e.g. MC T=32 needs ``eval.mc_samples=32``), else one line."""
     from dropens.errors import ConfigError
 
-    missing = [k for k in keys if k not in df]
+    missing = [k for k in columns if k not in df]
     if missing:
         raise ConfigError(
             f"the {study} report needs {missing[0]} in the run records; they were trained with other "
@@ -255,6 +271,95 @@ def write_paired_table(
     section.tables.append(write_table(shown, out_dir, "paired"))
     if line := multiplicity_line(table[pcol], "every row of `paired.md`"):
         section.results.append(line)
+
+
+@dataclass
+class PairedGroup:
+    """One group of runs of :func:`paired_vs_reference` (e.g. one architecture at one p): its
+    variants are compared with its reference variant."""
+
+    runs: pd.DataFrame
+    head: dict[str, Any]  # the first columns of its rows of the table (``{"model": "mlp"}``)
+    title: Callable[[str], str]  # its results line's start, given a metric's name ("accuracy")
+
+
+PAIRED_METRICS = {"acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mutual information"}
+
+
+def paired_vs_reference(
+    groups: Sequence[PairedGroup],
+    column: str,
+    name: str,
+    reference: str,
+    variants: Callable[[pd.DataFrame], list[str]],
+    mc: str,
+    metrics: Sequence[str],
+    diversity: Sequence[str],
+    out_dir: Path,
+    section: Section,
+    acc_digits: int = 4,
+    plain: str | None = None,
+) -> str:
+    """Each variant (the value of the run column ``column``, e.g. a mask distribution) minus the
+    ``reference`` variant of the same group, paired by seed, as ``paired.{csv,md}``; returns its stem.
+
+    The table: per group and non-reference variant, one row per evaluation (``deterministic`` and
+    MC label ``mc``) with the ``head`` columns, ``name`` (the variant), ``vs``, ``evaluation``,
+    ``pairs`` and ``diff <m>`` (:func:`fmt_paired`) for ``metrics`` and, for MC only, ``diversity``.
+    The results: per group and metric of :data:`PAIRED_METRICS` one line with every variant's MC
+    value (mean [95% CI]; ``acc_digits`` digits for the accuracy, else 4) and its paired difference
+    to the reference; then the :func:`multiplicity_line` of every test of the table. ``plain``: a
+    variant without dropout (its deterministic pass only; no mutual information, no MC row).
+    """
+    rows = []
+    pvalues: list[float] = []
+    for group in groups:
+        ref = group.runs[group.runs[column] == reference]
+        lines: dict[str, list[str]] = {m: [] for m in PAIRED_METRICS}
+        for label in variants(group.runs):
+            sub = group.runs[group.runs[column] == label]
+            for m in lines:
+                digits = acc_digits if m == "acc" else 4
+                if label == plain:  # its one network; no MC, no pairing with MC
+                    if m != "mi":
+                        st = _stats_of(sub, keys.test("clean", "deterministic", m))
+                        cell = fmt_ci(st["mean"], st["ci_low"], st["ci_high"], digits)
+                        lines[m].append(f"plain (no dropout) {cell}")
+                    continue
+                key = keys.test("clean", mc, m)
+                st = _stats_of(sub, key)
+                cell = f"{label} {fmt_ci(st['mean'], st['ci_low'], st['ci_high'], digits)}"
+                if label != reference and len(ref):
+                    cell += f" (vs {reference} {fmt_paired(paired_by_seed(sub, ref, key), 4)})"
+                lines[m].append(cell)
+            if label == reference or not len(ref):
+                continue
+            for s in ("deterministic", mc):
+                if label == plain and s == mc:
+                    continue
+                row = {
+                    **group.head,
+                    name: label,
+                    "vs": reference,
+                    "evaluation": s,
+                    "pairs": int(paired_by_seed(sub, ref, keys.test("clean", s, "acc"))["n"]),
+                }
+                for m in (*metrics, *diversity):  # no diversity in one deterministic pass
+                    d = paired_by_seed(sub, ref, keys.test("clean", s, m))
+                    diverse = m in metrics or s == mc
+                    row[f"diff {m}"] = fmt_paired(d, 4) if diverse else "-"
+                    pvalues += [d["pvalue"]] if diverse else []
+                rows.append(row)
+        for m, cells in lines.items():
+            section.results.append(group.title(PAIRED_METRICS[m]) + "; ".join(cells))
+    if line := multiplicity_line(pvalues, "every cell of `paired.md`"):
+        section.results.append(line)
+    return write_table(pd.DataFrame(rows), out_dir, "paired")
+
+
+def _stats_of(runs: pd.DataFrame, key: str) -> dict[str, float]:
+    """:func:`seed_stats` of a column (no value without it)."""
+    return seed_stats(runs[key]) if key in runs else seed_stats([])
 
 
 def fmt_p(p: float) -> str:

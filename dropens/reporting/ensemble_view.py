@@ -3,8 +3,8 @@
 One panel per (data, model):
 
 - ``k_spectrum``: K fixed-mask subnetworks (``subnets``, K = 1..32), their average and their mean
-  single member, against dropout (K -> infinity: MC T=32 and one random mask), plain, independent
-  networks and the dropout ensemble objective;
+  single member, against dropout (K -> infinity: MC at the headline T and one random mask), plain,
+  independent networks and the dropout ensemble objective;
 - ``decomposition``: dropout's improvement over plain = (one random subnetwork - plain), the part a
   regularizer explains, + (MC average - one random subnetwork), the averaging (ensemble) gain;
   per-seed paired differences, mean and 95% CI;
@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.reporting.common import (
     PALETTE,
     Section,
@@ -32,7 +33,9 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_ci,
+    headline_t,
     hline_ci,
+    mc_sizes,
     save_figure,
     seed_stats,
     summarize_groups,
@@ -71,9 +74,36 @@ def _title(df: pd.DataFrame, data: str, model: str) -> str:
     return name
 
 
+def _clean(label: str, metric: str) -> str:
+    """The clean test set's metric key of evaluation ``label``."""
+    return keys.test("clean", label, metric)
+
+
+ONE_MASK = keys.mc_label(1)  # MC with T = 1: one random subnetwork
+
+
+def _prefix_size(label: str) -> int | None:
+    """``m`` of a ``members@<m>`` label (:func:`dropens.keys.prefix_label`); ``None`` otherwise."""
+    size = label.partition("@")[2]
+    return int(size) if size.isdigit() and keys.prefix_label(int(size)) == label else None
+
+
+def _prefix_sizes(df: pd.DataFrame, metric: str) -> list[int]:
+    """The sorted ``m`` of the ``test/clean/members@<m>/<metric>`` columns with a value."""
+    found = set()
+    for c in df.columns:
+        k = keys.parse(c)
+        if k is None or (k.stage, k.set, k.metric) != ("test", "clean", metric):
+            continue
+        size = _prefix_size(k.label)
+        if size is not None and df[c].notna().any():
+            found.add(size)
+    return sorted(found)
+
+
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:
-    keys = list(dict.fromkeys(zip(df["cfg.data.name"], df["cfg.model.name"])))
-    return [k for k in PRETTY if k in keys] + [k for k in keys if k not in PRETTY]
+    found = list(dict.fromkeys(zip(df["cfg.data.name"], df["cfg.model.name"])))
+    return [k for k in PRETTY if k in found] + [k for k in found if k not in PRETTY]
 
 
 def build(df: pd.DataFrame, out_dir: Path) -> Section:
@@ -83,14 +113,15 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     main = df[df["kind"] != "exhaustive"]
     main = main[~(main.get("cfg.model.widths", pd.Series(dtype=object)).astype(str) == "[12]")]
     panels = _panels(main)
-    section.figures.append(_k_spectrum(main, panels, out_dir, section))
-    section.figures.append(_decomposition(main, panels, out_dir, section))
+    t = headline_t(df)
+    section.figures.append(_k_spectrum(main, panels, t, out_dir, section))
+    section.figures.append(_decomposition(main, panels, t, out_dir, section))
     section.figures.append(_members_curve(main, panels, out_dir))
-    section.figures.append(_diversity_plane(main, panels, out_dir))
-    section.tables.append(_summary_table(main, out_dir))
+    section.figures.append(_diversity_plane(main, panels, t, out_dir))
+    section.tables.append(_summary_table(main, t, out_dir))
     exh = df[df["kind"] == "exhaustive"]
-    if len(exh) and "test/clean/exhaustive_geometric/acc" in exh:
-        section.figures.append(_exhaustive(exh, out_dir, section))
+    if len(exh) and _clean("exhaustive_geometric", "acc") in exh:
+        section.figures.append(_exhaustive(exh, t, out_dir, section))
     return section
 
 
@@ -100,14 +131,14 @@ def _sel(df: pd.DataFrame, data: str, model: str, kind: str) -> pd.DataFrame:
     ]
 
 
-def _summary_table(df: pd.DataFrame, out_dir: Path) -> str:
+def _summary_table(df: pd.DataFrame, t: int, out_dir: Path) -> str:
     rows = []
     for data, model in _panels(df):
         for kind, strategy in (
             ("plain", "deterministic"),
             ("dropout", "deterministic"),
-            ("dropout", "mc32"),
-            ("dropout_objective", "mc32"),
+            ("dropout", keys.mc_label(t)),
+            ("dropout_objective", keys.mc_label(t)),
             ("ensemble", "members"),
         ):
             sub = _sel(df, data, model, kind)
@@ -126,13 +157,14 @@ def _summary_table(df: pd.DataFrame, out_dir: Path) -> str:
             "seeds": len(sub),
         }
         for m in ("acc", "nll", "ece"):
-            s = seed_stats(sub[f"test/clean/{strategy}/{m}"])
+            s = seed_stats(sub[_clean(strategy, m)])
             cell[m] = fmt_ci(s["mean"], s["ci_low"], s["ci_high"], 3 if m == "acc" else 4)
         out.append(cell)
     return write_table(pd.DataFrame(out), out_dir, "summary")
 
 
-def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section) -> str:
+def _k_spectrum(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: Section) -> str:
+    mc = keys.mc_label(t)
     fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7), squeeze=False)
     for j, (data, model) in enumerate(panels):
         sub = _sel(df, data, model, "subnets")
@@ -144,18 +176,18 @@ def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section)
                     sub,
                     ["cfg.method.k"],
                     [
-                        f"test/clean/members/{m}",
-                        f"test/clean/member0/{m}",
-                        f"test/clean/members/member_{m}",
+                        _clean("members", m),
+                        _clean(keys.member_label(0), m),
+                        _clean("members", f"member_{m}"),
                     ],
                 )
                 g = g.sort_values("cfg.method.k")
-                key = f"test/clean/members/member_{m}"
+                key = _clean("members", f"member_{m}")
                 band_table(
                     ax,
                     ks,
                     g,
-                    f"test/clean/members/{m}",
+                    _clean("members", m),
                     color=PALETTE["subnets"],
                     label="K subnetworks, average",
                 )
@@ -169,21 +201,21 @@ def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section)
                     label="K subnetworks, one member (mean)",
                 )
             for kind, strategy, label, ls, color in (
-                ("dropout", "mc32", "dropout, MC T=32", "-", PALETTE["dropout"]),
-                ("dropout", "mc1", "dropout, one random mask", "--", PALETTE["dropout"]),
+                ("dropout", mc, f"dropout, MC T={t}", "-", PALETTE["dropout"]),
+                ("dropout", ONE_MASK, "dropout, one random mask", "--", PALETTE["dropout"]),
                 ("plain", "deterministic", "plain", ":", PALETTE["plain"]),
                 ("ensemble", "members", "4 independent nets", "-.", PALETTE["ensemble"]),
                 (
                     "dropout_objective",
-                    "mc32",
-                    "dropout, ensemble objective, T=32",
+                    mc,
+                    f"dropout, ensemble objective, T={t}",
                     "-",
                     PALETTE["dropout (ensemble objective)"],
                 ),
             ):
                 vals = _sel(df, data, model, kind)
-                if len(vals) and f"test/clean/{strategy}/{m}" in vals:
-                    s = seed_stats(vals[f"test/clean/{strategy}/{m}"])
+                if len(vals) and _clean(strategy, m) in vals:
+                    s = seed_stats(vals[_clean(strategy, m)])
                     hline_ci(ax, s["mean"], s["ci_low"], s["ci_high"], label, color, ls)
             ax.set_xscale("log", base=2)
             if len(ks):
@@ -203,19 +235,19 @@ def _k_spectrum(df: pd.DataFrame, panels: list, out_dir: Path, section: Section)
             if i == 0:
                 ax.set_title(_title(df, data, model))
         if len(ks):
-            g = summarize_groups(sub, ["cfg.method.k"], ["test/clean/members/acc"]).sort_values(
+            g = summarize_groups(sub, ["cfg.method.k"], [_clean("members", "acc")]).sort_values(
                 "cfg.method.k"
             )
             section.results.append(
                 f"{_title(df, data, model)}: subnets accuracy by K: "
                 + "; ".join(
-                    f"K={int(r['cfg.method.k'])}: {ci_cell(r, 'test/clean/members/acc')}"
+                    f"K={int(r['cfg.method.k'])}: {ci_cell(r, _clean('members', 'acc'))}"
                     for _, r in g.iterrows()
                 )
-                + "; dropout MC T=32: "
-                + _cell(_sel(df, data, model, "dropout"), "test/clean/mc32/acc")
+                + f"; dropout MC T={t}: "
+                + _cell(_sel(df, data, model, "dropout"), _clean(mc, "acc"))
                 + "; plain: "
-                + _cell(_sel(df, data, model, "plain"), "test/clean/deterministic/acc")
+                + _cell(_sel(df, data, model, "plain"), _clean("deterministic", "acc"))
             )
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle(
@@ -240,7 +272,8 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, key_a: str, key_b: str) -> np.ndar
     return (x.loc[common] - y.loc[common]).to_numpy(dtype=float)
 
 
-def _decomposition(df: pd.DataFrame, panels: list, out_dir: Path, section: Section) -> str:
+def _decomposition(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: Section) -> str:
+    mc = keys.mc_label(t)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     width = 0.25
     for ax, m, label in zip(
@@ -250,16 +283,14 @@ def _decomposition(df: pd.DataFrame, panels: list, out_dir: Path, section: Secti
             drop, plain = _sel(df, data, model, "dropout"), _sel(df, data, model, "plain")
             if not (len(drop) and len(plain)):
                 continue
-            member = f"test/clean/mc32/member_{m}"  # mean metric of single random masks
+            member = _clean(mc, f"member_{m}")  # mean metric of single random masks
             parts = {
                 "one random subnetwork - plain": _paired(
-                    drop, plain, member, f"test/clean/deterministic/{m}"
+                    drop, plain, member, _clean("deterministic", m)
                 ),
-                "MC average (T=32) - one subnetwork": _paired(
-                    drop, drop, f"test/clean/mc32/{m}", member
-                ),
-                "total: MC T=32 - plain": _paired(
-                    drop, plain, f"test/clean/mc32/{m}", f"test/clean/deterministic/{m}"
+                f"MC average (T={t}) - one subnetwork": _paired(drop, drop, _clean(mc, m), member),
+                f"total: MC T={t} - plain": _paired(
+                    drop, plain, _clean(mc, m), _clean("deterministic", m)
                 ),
             }
             for i, (name, diffs) in enumerate(parts.items()):
@@ -298,17 +329,9 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
         for i, m in enumerate(("acc", "nll")):
             ax = axes[i, j]
             drop = _sel(df, data, model, "dropout")
-            ts = sorted(
-                {
-                    int(c.split("/")[2][2:])
-                    for c in drop.columns
-                    if c.startswith("test/clean/mc")
-                    and c.endswith(f"/{m}")
-                    and drop[c].notna().any()
-                }
-            )
+            ts = mc_sizes(drop, m)
             if ts:
-                s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in ts]
+                s = [seed_stats(drop[_clean(keys.mc_label(t), m)]) for t in ts]
                 band_stats(
                     ax,
                     np.array(ts),
@@ -320,8 +343,7 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
             ks = sorted(sub["cfg.method.k"].dropna().unique())
             if ks:
                 s = [
-                    seed_stats(sub.loc[sub["cfg.method.k"] == k, f"test/clean/members/{m}"])
-                    for k in ks
+                    seed_stats(sub.loc[sub["cfg.method.k"] == k, _clean("members", m)]) for k in ks
                 ]
                 band_stats(
                     ax,
@@ -331,17 +353,9 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                     label="K fixed subnetworks (trained with K)",
                 )
             ens = _sel(df, data, model, "ensemble")
-            ms = sorted(
-                {
-                    int(c.split("/")[2].split("@")[1])
-                    for c in ens.columns
-                    if c.startswith("test/clean/members@")
-                    and c.endswith(f"/{m}")
-                    and ens[c].notna().any()
-                }
-            )
+            ms = _prefix_sizes(ens, m)
             if ms:  # the first m members, then all K (the `members` row)
-                cols = [f"test/clean/members@{k}/{m}" for k in ms] + [f"test/clean/members/{m}"]
+                cols = [_clean(keys.prefix_label(k), m) for k in ms] + [_clean("members", m)]
                 ms = [*ms, int(ens["cfg.method.k"].iloc[0])]
                 s = [seed_stats(ens[c]) for c in cols]
                 band_stats(
@@ -373,14 +387,15 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
     return save_figure(fig, out_dir, "members_curve")
 
 
-def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
+def _diversity_plane(df: pd.DataFrame, panels: list, t: int, out_dir: Path) -> str:
+    mc = keys.mc_label(t)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     for ax, (data, model) in zip(axes[0], panels):
         points = [
-            ("dropout", "mc32", None, "MC dropout (T=32)", PALETTE["dropout"], "o"),
+            ("dropout", mc, None, f"MC dropout (T={t})", PALETTE["dropout"], "o"),
             (
                 "dropout_objective",
-                "mc32",
+                mc,
                 None,
                 "dropout, ensemble objective",
                 PALETTE["dropout (ensemble objective)"],
@@ -400,8 +415,8 @@ def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                 rows = rows[rows["cfg.method.k"] == k]
             if not len(rows):
                 continue
-            x = seed_stats(rows[f"test/clean/{strategy}/disagreement"])
-            y = seed_stats(rows[f"test/clean/{strategy}/member_acc"])
+            x = seed_stats(rows[_clean(strategy, "disagreement")])
+            y = seed_stats(rows[_clean(strategy, "member_acc")])
             xerr = ci_yerr(x)
             yerr = ci_yerr(y)
             ax.errorbar(
@@ -439,20 +454,20 @@ def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
     return save_figure(fig, out_dir, "diversity_plane")
 
 
-def _exhaustive(exh: pd.DataFrame, out_dir: Path, section: Section) -> str:
+def _exhaustive(exh: pd.DataFrame, t: int, out_dir: Path, section: Section) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     bars = [
         ("deterministic", "weight scaling"),
         ("exhaustive_geometric", "all masks, geometric mean"),
         ("exhaustive_mean", "all masks, arithmetic mean"),
-        ("mc32", "MC T=32"),
-        ("mc1", "one random mask"),
+        (keys.mc_label(t), f"MC T={t}"),
+        (ONE_MASK, "one random mask"),
     ]
     for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL")):
         for i, (strategy, name) in enumerate(bars):
             s = (
-                seed_stats(exh[f"test/clean/{strategy}/{m}"])
-                if f"test/clean/{strategy}/{m}" in exh
+                seed_stats(exh[_clean(strategy, m)])
+                if _clean(strategy, m) in exh
                 else seed_stats([])
             )
             err = ci_yerr(s)
@@ -467,21 +482,20 @@ def _exhaustive(exh: pd.DataFrame, out_dir: Path, section: Section) -> str:
             )
             ax.scatter(
                 np.full(len(exh), i),
-                exh.get(f"test/clean/{strategy}/{m}", pd.Series(dtype=float)),
+                exh.get(_clean(strategy, m), pd.Series(dtype=float)),
                 color="k",
                 s=8,
                 zorder=3,
             )
             if m == "nll":
                 section.results.append(
-                    f"tiny MLP (12 hidden units, p=0.5), {name}: accuracy {_cell(exh, f'test/clean/{strategy}/acc')}, NLL {_cell(exh, f'test/clean/{strategy}/nll')}"
+                    f"tiny MLP (12 hidden units, p=0.5), {name}: accuracy "
+                    f"{_cell(exh, _clean(strategy, 'acc'))}, NLL {_cell(exh, _clean(strategy, 'nll'))}"
                 )
         ax.set_xticks(range(len(bars)), [b[1] for b in bars], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-        ss = [
-            seed_stats(exh[f"test/clean/{s}/{m}"]) for s, _ in bars if f"test/clean/{s}/{m}" in exh
-        ]
+        ss = [seed_stats(exh[_clean(s, m)]) for s, _ in bars if _clean(s, m) in exh]
         # with one seed there is no interval (NaN): the limits then come from the means
         lo = np.nanmin([v for x in ss for v in (x["ci_low"], x["mean"])])
         hi = np.nanmax([v for x in ss for v in (x["ci_high"], x["mean"])])

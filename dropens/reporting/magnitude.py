@@ -17,11 +17,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.reporting.common import (
     Section,
     band_stats,
     band_table,
     ci_cell,
+    headline_t,
     save_figure,
     seed_stats,
     summarize_groups,
@@ -47,11 +49,13 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     plain = df[df["cfg.method.name"] == "plain"]
     nobn = drop[~drop["bn"]]
     mags = magnitude_rows(drop)
+    t = headline_t(df)
+    mc = keys.mc_label(t)
 
     # ---------------------------------------------------------------- weight scaling (accuracy)
     metrics = [
-        f"test/clean/{s}/{m}"
-        for s in ("ws_off", "ws_on", "deterministic", "mc32")
+        keys.test("clean", s, m)
+        for s in ("ws_off", "ws_on", "deterministic", mc)
         for m in ("acc", "nll")
     ]
     summary = summarize_groups(nobn, ["cfg.dropout.scale", "cfg.dropout.p"], metrics)
@@ -61,11 +65,15 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
             "p": summary["cfg.dropout.p"],
             "seeds": summary["n"],
             **{
-                f"{s} acc": [ci_cell(r, f"test/clean/{s}/acc") for _, r in summary.iterrows()]
-                for s in ("ws_off", "ws_on", "mc32")
+                f"{s} acc": [
+                    ci_cell(r, keys.test("clean", s, "acc")) for _, r in summary.iterrows()
+                ]
+                for s in ("ws_off", "ws_on", mc)
             },
             **{
-                f"{s} NLL": [ci_cell(r, f"test/clean/{s}/nll") for _, r in summary.iterrows()]
+                f"{s} NLL": [
+                    ci_cell(r, keys.test("clean", s, "nll")) for _, r in summary.iterrows()
+                ]
                 for s in ("ws_off", "ws_on")
             },
         }
@@ -77,12 +85,12 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
         )
         section.results.append(
             f"scale={r['cfg.dropout.scale']}, p={r['cfg.dropout.p']}: accuracy with the matching eval multiplier "
-            f"({right}) {ci_cell(r, f'test/clean/{right}/acc')}, with the mismatched one ({wrong}) "
-            f"{ci_cell(r, f'test/clean/{wrong}/acc')}; NLL {ci_cell(r, f'test/clean/{right}/nll')} vs "
-            f"{ci_cell(r, f'test/clean/{wrong}/nll')}"
+            f"({right}) {ci_cell(r, keys.test('clean', right, 'acc'))}, with the mismatched one ({wrong}) "
+            f"{ci_cell(r, keys.test('clean', wrong, 'acc'))}; NLL {ci_cell(r, keys.test('clean', right, 'nll'))} vs "
+            f"{ci_cell(r, keys.test('clean', wrong, 'nll'))}"
         )
     s_plain = (
-        seed_stats(plain.loc[~plain.get("bn", False), "test/clean/deterministic/acc"])
+        seed_stats(plain.loc[~plain.get("bn", False), keys.test("clean", "deterministic", "acc")])
         if len(plain)
         else None
     )
@@ -91,7 +99,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
         for scale, color in SCALE_COLORS.items():
             sub = summary[summary["cfg.dropout.scale"] == scale].sort_values("cfg.dropout.p")
             for ws, ls in (("ws_off", "-"), ("ws_on", "--")):
-                key = f"test/clean/{ws}/{m}"
+                key = keys.test("clean", ws, m)
                 band_table(
                     ax,
                     sub["cfg.dropout.p"].to_numpy(),
@@ -122,7 +130,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
         section.figures.append(_variance_shift(mags, out_dir, section))
     bn = df[df["bn"]]
     if len(bn):
-        section.figures.append(_batchnorm(bn, mags, out_dir, section))
+        section.figures.append(_batchnorm(bn, t, out_dir, section))
     return section
 
 
@@ -229,11 +237,15 @@ def _variance_shift(mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
     return save_figure(fig, out_dir, "variance_shift")
 
 
-def _batchnorm(bn: pd.DataFrame, mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
+def _batchnorm(bn: pd.DataFrame, t: int, out_dir: Path, section: Section) -> str:
     drop = bn[bn["cfg.method.name"] == "dropout"]
-    metrics = [f"test/clean/{s}/acc" for s in ("deterministic", "bn_recomputed", "mc32")]
+    mc = keys.mc_label(t)
+    evaluations = ("deterministic", "bn_recomputed", mc)
+    metrics = [keys.test("clean", s, "acc") for s in evaluations]
     summary = summarize_groups(drop, ["sites", "cfg.dropout.p"], metrics)
-    plain = seed_stats(bn.loc[bn["cfg.method.name"] == "plain", "test/clean/deterministic/acc"])
+    plain = seed_stats(
+        bn.loc[bn["cfg.method.name"] == "plain", keys.test("clean", "deterministic", "acc")]
+    )
     table = pd.DataFrame(
         {
             "dropout": summary["sites"].map(
@@ -242,8 +254,8 @@ def _batchnorm(bn: pd.DataFrame, mags: pd.DataFrame, out_dir: Path, section: Sec
             "p": summary["cfg.dropout.p"],
             "seeds": summary["n"],
             **{
-                s: [ci_cell(r, f"test/clean/{s}/acc") for _, r in summary.iterrows()]
-                for s in ("deterministic", "bn_recomputed", "mc32")
+                s: [ci_cell(r, keys.test("clean", s, "acc")) for _, r in summary.iterrows()]
+                for s in evaluations
             },
         }
     )
@@ -251,8 +263,9 @@ def _batchnorm(bn: pd.DataFrame, mags: pd.DataFrame, out_dir: Path, section: Sec
     for _, r in summary.iterrows():
         section.results.append(
             f"BatchNorm MLP, dropout {'before BN' if r['sites'] == 'hidden' else 'after the last BN'}, p={r['cfg.dropout.p']}: "
-            f"accuracy deterministic {ci_cell(r, 'test/clean/deterministic/acc')}, BN statistics recomputed "
-            f"with dropout off {ci_cell(r, 'test/clean/bn_recomputed/acc')}, MC T=32 {ci_cell(r, 'test/clean/mc32/acc')}"
+            f"accuracy deterministic {ci_cell(r, keys.test('clean', 'deterministic', 'acc'))}, BN statistics "
+            f"recomputed with dropout off {ci_cell(r, keys.test('clean', 'bn_recomputed', 'acc'))}, "
+            f"MC T={t} {ci_cell(r, keys.test('clean', mc, 'acc'))}"
         )
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for sites, ax in zip(("hidden", "head"), axes):
@@ -260,9 +273,9 @@ def _batchnorm(bn: pd.DataFrame, mags: pd.DataFrame, out_dir: Path, section: Sec
         for s, color, label in (
             ("deterministic", "#0173b2", "deterministic"),
             ("bn_recomputed", "#029e73", "BN stats recomputed, dropout off"),
-            ("mc32", "#de8f05", "MC T=32"),
+            (mc, "#de8f05", f"MC T={t}"),
         ):
-            key = f"test/clean/{s}/acc"
+            key = keys.test("clean", s, "acc")
             band_table(
                 ax,
                 sub["cfg.dropout.p"].to_numpy(),

@@ -18,17 +18,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.reporting.common import (
     PALETTE,
+    PairedGroup,
     Section,
     ci_cell,
     ci_line,
     ci_yerr,
-    fmt_ci,
-    fmt_paired,
     headline_t,
-    multiplicity_line,
-    paired_by_seed,
+    paired_vs_reference,
     require_columns,
     save_figure,
     seed_stats,
@@ -55,29 +54,28 @@ def _dists(df: pd.DataFrame) -> list[str]:
 
 def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section = Section()
-    t = headline_t(df)
-    mc = f"mc{t}"
+    mc = keys.mc_label(headline_t(df))
     drop = df[df["cfg.method.name"] == "dropout"]
     plain = df[df["cfg.method.name"] == "plain"]
-    require_columns(drop, [f"test/clean/{mc}/acc"], "mask_distributions")
+    require_columns(drop, [keys.test("clean", mc, "acc")], "mask_distributions")
     archs, dists = _archs(df), _dists(drop)
-    keys = [f"test/clean/{s}/{m}" for s in ("deterministic", mc) for m in METRICS] + [
-        f"test/clean/{mc}/{m}" for m in DIVERSITY
+    columns = [keys.test("clean", s, m) for s in ("deterministic", mc) for m in METRICS] + [
+        keys.test("clean", mc, m) for m in DIVERSITY
     ]
     summary = summarize_groups(
-        drop, ["cfg.model.name", "cfg.dropout.dist", "cfg.dropout.p"], keys
+        drop, ["cfg.model.name", "cfg.dropout.dist", "cfg.dropout.p"], columns
     ).sort_values(["cfg.model.name", "cfg.dropout.p", "cfg.dropout.dist"])
     plain_summary = summarize_groups(
-        plain, ["cfg.model.name"], [f"test/clean/deterministic/{m}" for m in METRICS]
+        plain, ["cfg.model.name"], [keys.test("clean", "deterministic", m) for m in METRICS]
     )
     section.tables.append(_summary_table(summary, plain_summary, archs, mc, out_dir))
     for arch in archs:
         for _, r in plain_summary[plain_summary["cfg.model.name"] == arch].iterrows():
             section.results.append(
                 f"{ARCHS.get(arch, arch)}, plain (no dropout): accuracy "
-                f"{ci_cell(r, 'test/clean/deterministic/acc')}, NLL "
-                f"{ci_cell(r, 'test/clean/deterministic/nll', 4)}, ECE "
-                f"{ci_cell(r, 'test/clean/deterministic/ece', 4)} (seeds: {int(r['n'])})"
+                f"{ci_cell(r, keys.test('clean', 'deterministic', 'acc'))}, NLL "
+                f"{ci_cell(r, keys.test('clean', 'deterministic', 'nll'), 4)}, ECE "
+                f"{ci_cell(r, keys.test('clean', 'deterministic', 'ece'), 4)} (seeds: {int(r['n'])})"
             )
     section.tables.append(_paired_table(drop, archs, dists, mc, out_dir, section))
     section.figures.append(_metrics_vs_p(summary, plain, archs, dists, mc, out_dir))
@@ -93,7 +91,7 @@ def _summary_table(
         for _, r in plain[plain["cfg.model.name"] == arch].iterrows():
             row = {"model": arch, "dist": "plain", "p": 0.0, "seeds": int(r["n"])}
             for m in METRICS:
-                row[f"{m} (det.)"] = ci_cell(r, f"test/clean/deterministic/{m}", 4)
+                row[f"{m} (det.)"] = ci_cell(r, keys.test("clean", "deterministic", m), 4)
                 row[f"{m} ({mc})"] = "-"
             rows.append({**row, f"MI ({mc})": "-", f"disagreement ({mc})": "-"})
         for _, r in summary[summary["cfg.model.name"] == arch].iterrows():
@@ -106,9 +104,9 @@ def _summary_table(
             for m in METRICS:
                 for s in ("deterministic", mc):
                     label = "det." if s == "deterministic" else mc
-                    row[f"{m} ({label})"] = ci_cell(r, f"test/clean/{s}/{m}", 4)
-            row[f"MI ({mc})"] = ci_cell(r, f"test/clean/{mc}/mi", 4)
-            row[f"disagreement ({mc})"] = ci_cell(r, f"test/clean/{mc}/disagreement", 4)
+                    row[f"{m} ({label})"] = ci_cell(r, keys.test("clean", s, m), 4)
+            row[f"MI ({mc})"] = ci_cell(r, keys.test("clean", mc, "mi"), 4)
+            row[f"disagreement ({mc})"] = ci_cell(r, keys.test("clean", mc, "disagreement"), 4)
             rows.append(row)
     return write_table(pd.DataFrame(rows), out_dir, "summary")
 
@@ -121,50 +119,33 @@ def _paired_table(
     out_dir: Path,
     section: Section,
 ) -> str:
-    rows = []
-    pvalues: list[float] = []
+    """Each distribution minus Bernoulli at the same architecture and p (:func:`paired_vs_reference`)."""
+    t = keys.mc_samples(mc)
+    groups = []
     for arch in archs:
         runs = drop[drop["cfg.model.name"] == arch]
+        name = ARCHS.get(arch, arch)
         for p in sorted(runs["cfg.dropout.p"].unique()):
-            at_p = runs[runs["cfg.dropout.p"] == p]
-            ref = at_p[at_p["cfg.dropout.dist"] == "bernoulli"]
-            lines: dict[str, list[str]] = {m: [] for m in ("acc", "nll", "ece", "mi")}
-            for dist in dists:
-                sub = at_p[at_p["cfg.dropout.dist"] == dist]
-                for m in lines:
-                    st = seed_stats(sub[f"test/clean/{mc}/{m}"])
-                    digits = 3 if m == "acc" else 4
-                    cell = f"{dist} {fmt_ci(st['mean'], st['ci_low'], st['ci_high'], digits)}"
-                    if dist != "bernoulli" and len(ref):
-                        d = paired_by_seed(sub, ref, f"test/clean/{mc}/{m}")
-                        cell += f" (vs bernoulli {fmt_paired(d, 4)})"
-                    lines[m].append(cell)
-                if dist == "bernoulli" or not len(ref):
-                    continue
-                for strategy in ("deterministic", mc):
-                    row = {
-                        "model": arch,
-                        "p": p,
-                        "dist": dist,
-                        "vs": "bernoulli",
-                        "evaluation": strategy,
-                        "pairs": int(paired_by_seed(sub, ref, f"test/clean/{strategy}/acc")["n"]),
-                    }
-                    for m in (*METRICS, *DIVERSITY):  # no diversity in one deterministic pass
-                        d = paired_by_seed(sub, ref, f"test/clean/{strategy}/{m}")
-                        diverse = m in METRICS or strategy == mc
-                        row[f"diff {m}"] = fmt_paired(d, 4) if diverse else "-"
-                        pvalues += [d["pvalue"]] if diverse else []
-                    rows.append(row)
-            name = ARCHS.get(arch, arch)
-            what = {"acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mutual information"}
-            for m, cells in lines.items():
-                section.results.append(
-                    f"{name}, p={p}, MC T={mc[2:]}, {what[m]}: " + "; ".join(cells)
+            groups.append(
+                PairedGroup(
+                    runs[runs["cfg.dropout.p"] == p],
+                    {"model": arch, "p": p},
+                    lambda what, name=name, p=p: f"{name}, p={p}, MC T={t}, {what}: ",
                 )
-    if line := multiplicity_line(pvalues, "every cell of `paired.md`"):
-        section.results.append(line)
-    return write_table(pd.DataFrame(rows), out_dir, "paired")
+            )
+    return paired_vs_reference(
+        groups,
+        "cfg.dropout.dist",
+        "dist",
+        "bernoulli",
+        lambda runs: dists,
+        mc,
+        list(METRICS),
+        list(DIVERSITY),
+        out_dir,
+        section,
+        acc_digits=3,
+    )
 
 
 def _offsets(lanes: list[str], ps: np.ndarray) -> dict[str, float]:
@@ -193,10 +174,10 @@ def _metrics_vs_p(
             for dist in dists:
                 g = sub[sub["cfg.dropout.dist"] == dist].sort_values("cfg.dropout.p")
                 for s, ls, marker, label in (
-                    (mc, "-", "o", f"{dist}, MC T={mc[2:]}"),
+                    (mc, "-", "o", f"{dist}, MC T={keys.mc_samples(mc)}"),
                     ("deterministic", "--", "x", f"{dist}, deterministic"),
                 ):
-                    key = f"test/clean/{s}/{m}"
+                    key = keys.test("clean", s, m)
                     ci_line(
                         ax,
                         g["cfg.dropout.p"].to_numpy(dtype=float) + shift[f"{dist} {s}"],
@@ -210,7 +191,7 @@ def _metrics_vs_p(
                     )
             base = plain[plain["cfg.model.name"] == arch]
             if len(base):
-                s = seed_stats(base[f"test/clean/deterministic/{m}"])
+                s = seed_stats(base[keys.test("clean", "deterministic", m)])
                 ax.errorbar(
                     0.0,
                     s["mean"],
@@ -245,7 +226,7 @@ def _diversity_vs_p(
         sub = summary[summary["cfg.model.name"] == arch]
         for i, m in enumerate(DIVERSITY):
             ax = axes[i, j]
-            key = f"test/clean/{mc}/{m}"
+            key = keys.test("clean", mc, m)
             for dist in dists:
                 g = sub[sub["cfg.dropout.dist"] == dist].sort_values("cfg.dropout.p")
                 ci_line(
@@ -265,6 +246,8 @@ def _diversity_vs_p(
             if i == 0:
                 ax.set_title(ARCHS.get(arch, arch))
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Diversity of the MC-dropout samples (T={mc[2:]}); mean and 95% CI over seeds")
+    fig.suptitle(
+        f"Diversity of the MC-dropout samples (T={keys.mc_samples(mc)}); mean and 95% CI over seeds"
+    )
     fig.tight_layout()
     return save_figure(fig, out_dir, "diversity_vs_p")

@@ -20,7 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.errors import ConfigError
+from dropens.reporting import common
 from dropens.reporting.common import (
     PALETTE,
     Section,
@@ -38,22 +40,27 @@ WS_COLOR = "#d55e00"
 
 
 def mc_sizes(df: pd.DataFrame) -> list[int]:
-    """The T of the ``test/clean/mc<T>/acc`` columns the runs have, sorted."""
-    return sorted(
-        int(c.split("/")[2][2:])
-        for c in df.columns
-        if c.startswith("test/clean/mc")
-        and c.endswith("/acc")
-        and c.split("/")[2][2:].isdigit()
-        and df[c].notna().any()
-    )
+    """The T of the ``test/clean/mc<T>/acc`` columns the runs have (a value in some run), sorted."""
+    return common.mc_sizes(df, "acc")
+
+
+def _err(label: str) -> str:
+    """The test error column of evaluation ``label`` (:func:`_with_errors`)."""
+    return f"err/{label}"
+
+
+def _nll(label: str) -> str:
+    return keys.test("clean", label, "nll")
+
+
+WS = "deterministic"  # weight scaling: the deterministic pass
 
 
 def _with_errors(df: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:
     """Test error = 1 - accuracy, as ``err/<label>`` columns (``deterministic``, ``mc<T>``)."""
-    cols = {"err/deterministic": 1.0 - df["test/clean/deterministic/acc"].astype(float)}
-    for t in sizes:
-        cols[f"err/mc{t}"] = 1.0 - df[f"test/clean/mc{t}/acc"].astype(float)
+    cols = {}
+    for label in (WS, *map(keys.mc_label, sizes)):
+        cols[_err(label)] = 1.0 - df[keys.test("clean", label, "acc")].astype(float)
     return pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
 
 
@@ -67,11 +74,11 @@ def crossings(runs: pd.DataFrame, sizes: list[int]) -> dict[str, int | str | Non
     significantly worse); ``mean``: MC mean error <= weight-scaling mean error. ``None`` where it
     does not hold at the largest T; ``"n/a"`` for the CI-based ones without an interval (one seed).
     """
-    ws = seed_stats(runs["err/deterministic"])
+    ws = seed_stats(runs[_err(WS)])
     holds: dict[str, list[bool]] = {"within_ci": [], "paired_ci": [], "mean": []}
     for t in sizes:
-        s = seed_stats(runs[f"err/mc{t}"])
-        d = paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic")
+        s = seed_stats(runs[_err(keys.mc_label(t))])
+        d = paired_by_seed(runs, runs, _err(keys.mc_label(t)), _err(WS))
         holds["within_ci"].append(bool(s["mean"] <= ws["ci_high"]))
         holds["paired_ci"].append(bool(d["ci_low"] <= 0))
         holds["mean"].append(bool(s["mean"] <= ws["mean"]))
@@ -92,18 +99,19 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section = Section()
     drop = df[df["cfg.method.name"] == "dropout"]
     sizes = mc_sizes(drop)
-    if not sizes or "test/clean/deterministic/acc" not in drop:
+    if not sizes or keys.test("clean", WS, "acc") not in drop:
         raise ConfigError(
-            "the mc_samples report needs test/clean/deterministic/acc and test/clean/mc<T>/acc "
-            "columns in the dropout runs; they were trained without eval.mc_curve"
+            f"the mc_samples report needs {keys.test('clean', WS, 'acc')} and "
+            f"{keys.test('clean', 'mc<T>', 'acc')} columns in the dropout runs; they were trained "
+            "without eval.mc_curve"
         )
     drop = _with_errors(drop, sizes)
     ps = sorted(drop["cfg.dropout.p"].unique())
     curve, cross = [], []
     for p in ps:
         runs = drop[drop["cfg.dropout.p"] == p]
-        ws = seed_stats(runs["err/deterministic"])
-        ws_nll = seed_stats(runs["test/clean/deterministic/nll"])
+        ws = seed_stats(runs[_err(WS)])
+        ws_nll = seed_stats(runs[_nll(WS)])
         curve.append(
             {
                 "p": p,
@@ -117,8 +125,9 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
             }
         )
         for t in sizes:
-            s = seed_stats(runs[f"err/mc{t}"])
-            nll = seed_stats(runs[f"test/clean/mc{t}/nll"])
+            mc = keys.mc_label(t)
+            s = seed_stats(runs[_err(mc)])
+            nll = seed_stats(runs[_nll(mc)])
             curve.append(
                 {
                     "p": p,
@@ -128,20 +137,18 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
                     "test error": fmt_ci(s["mean"], s["ci_low"], s["ci_high"], 4),
                     "NLL": fmt_ci(nll["mean"], nll["ci_low"], nll["ci_high"], 4),
                     "error: MC - weight scaling": fmt_paired(
-                        paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic"), 4
+                        paired_by_seed(runs, runs, _err(mc), _err(WS)), 4
                     ),
                     "NLL: MC - weight scaling": fmt_paired(
-                        paired_by_seed(
-                            runs, runs, f"test/clean/mc{t}/nll", "test/clean/deterministic/nll"
-                        ),
-                        4,
+                        paired_by_seed(runs, runs, _nll(mc), _nll(WS)), 4
                     ),
                 }
             )
         c = crossings(runs, sizes)
         first, last = sizes[0], sizes[-1]
-        s1, sl = seed_stats(runs[f"err/mc{first}"]), seed_stats(runs[f"err/mc{last}"])
-        d_last = paired_by_seed(runs, runs, f"err/mc{last}", "err/deterministic")
+        s1 = seed_stats(runs[_err(keys.mc_label(first))])
+        sl = seed_stats(runs[_err(keys.mc_label(last))])
+        d_last = paired_by_seed(runs, runs, _err(keys.mc_label(last)), _err(WS))
         cross.append(
             {
                 "p": p,
@@ -180,14 +187,9 @@ def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path
     x = np.array(sizes)
     for j, p in enumerate(ps):
         runs = drop[drop["cfg.dropout.p"] == p]
-        for i, (mc_key, ws_key, label) in enumerate(
-            (
-                ("err/mc{t}", "err/deterministic", "test error"),
-                ("test/clean/mc{t}/nll", "test/clean/deterministic/nll", "test NLL"),
-            )
-        ):
+        for i, (column, label) in enumerate(((_err, "test error"), (_nll, "test NLL"))):
             ax = axes[i, j]
-            s = [seed_stats(runs[mc_key.format(t=t)]) for t in sizes]
+            s = [seed_stats(runs[column(keys.mc_label(t))]) for t in sizes]
             band_stats(
                 ax,
                 x,
@@ -195,7 +197,7 @@ def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path
                 color=PALETTE["dropout"],
                 label="MC dropout, average of T masks",
             )
-            w = seed_stats(runs[ws_key])
+            w = seed_stats(runs[column(WS)])
             hline_ci(
                 ax, w["mean"], w["ci_low"], w["ci_high"], "weight scaling (deterministic)", WS_COLOR
             )
@@ -205,7 +207,7 @@ def _figure(drop: pd.DataFrame, ps: list[float], sizes: list[int], out_dir: Path
             if i == 0 and sizes[-1] >= 50:
                 ax.axvline(50, color="k", lw=0.8, ls=":", label="T = 50 (Srivastava et al. 2014)")
         ax = axes[2, j]
-        d = [paired_by_seed(runs, runs, f"err/mc{t}", "err/deterministic") for t in sizes]
+        d = [paired_by_seed(runs, runs, _err(keys.mc_label(t)), _err(WS)) for t in sizes]
         band_stats(
             ax,
             x,

@@ -4,7 +4,7 @@
   band over seeds), next to the deterministic pass and the K=4 explicit ensembles;
 - ``reliability``: reliability diagrams pooled over seeds (from per-bin summaries of the stored predictions);
 - ``diversity``: mutual information, disagreement and ensemble gain of MC dropout (T = K and
-  T = 32) vs K fixed subnetworks vs K independent networks;
+  the headline T, ``eval.mc_samples``) vs K fixed subnetworks vs K independent networks;
 - ``magnitude``: per dropout layer, eval/train ratio of the mean and the variance of the
   activations (from ``magnitudes.json``).
 """
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.records import reliability
 from dropens.reporting.common import (
     PALETTE,
@@ -25,7 +26,9 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_ci,
+    headline_t,
     hline_ci,
+    mc_sizes,
     require_columns,
     save_figure,
     seed_stats,
@@ -36,38 +39,45 @@ from dropens.reporting.magnitude_common import magnitude_rows, plot_signal_ratio
 
 METRICS = ("acc", "nll", "ece")
 LABELS = {"acc": "test accuracy", "nll": "test NLL", "ece": "test ECE (15 bins)"}
+K = 4  # members of the explicit ensembles; MC dropout with T = K masks is their matched-size peer
 
 
-def headline(method: str) -> str:
-    """The strategy that represents a method in the summary: its ensemble, or its one network."""
+def headline(method: str, t: int) -> str:
+    """The strategy that represents a method in the summary: its ensemble (MC dropout with the
+    headline ``t`` masks), or its one network."""
     return {
         "plain": "deterministic",
-        "dropout": "mc32",
+        "dropout": keys.mc_label(t),
         "subnets": "members",
         "ensemble": "members",
     }[method]
 
 
-def _rows(df: pd.DataFrame) -> pd.DataFrame:
+def _rows(df: pd.DataFrame, t: int) -> pd.DataFrame:
     """Long table: one row per (run, strategy) with acc/nll/ece and diversity columns."""
     out = []
+    dropout = ["deterministic", keys.mc_label(K), keys.mc_label(t)]
     for _, run in df.iterrows():
         method = run["cfg.method.name"]
-        strategies = {"plain": ["deterministic"], "dropout": ["deterministic", "mc4", "mc32"]}.get(
+        strategies = {"plain": ["deterministic"], "dropout": dropout}.get(
             method, ["members", "members_geometric"]
         )
         for strategy in strategies:
             row = {"method": method, "strategy": strategy, "seed": run["cfg.seed"]}
             for m in (*METRICS, "mi", "disagreement", "ensemble_gain", "member_acc"):
-                row[m] = run.get(f"test/clean/{strategy}/{m}", np.nan)
+                row[m] = run.get(keys.test("clean", strategy, m), np.nan)
             out.append(row)
     return pd.DataFrame(out)
 
 
 def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section = Section()
-    require_columns(df[df["cfg.method.name"] == "dropout"], ["test/clean/mc32/acc"], "quickstart")
-    long = _rows(df)
+    t = headline_t(df)
+    mc = keys.mc_label(t)
+    require_columns(
+        df[df["cfg.method.name"] == "dropout"], [keys.test("clean", mc, "acc")], "quickstart"
+    )
+    long = _rows(df, t)
     summary = summarize_groups(
         long, ["method", "strategy"], [*METRICS, "mi", "disagreement", "ensemble_gain"]
     )
@@ -86,17 +96,17 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     )
     section.tables.append(write_table(table, out_dir, "summary"))
     for _, r in summary.iterrows():
-        if r["strategy"] in ("deterministic", "mc32", "members") and not (
+        if r["strategy"] in ("deterministic", mc, "members") and not (
             r["method"] == "dropout" and r["strategy"] == "members"
         ):
             section.results.append(
                 f"{r['method']} ({r['strategy']}): accuracy {ci_cell(r, 'acc')}, NLL {ci_cell(r, 'nll')}, "
                 f"ECE {ci_cell(r, 'ece')} ({int(r['n'])} seeds)"
             )
-    for fig in (_mc_curve(df, out_dir), _reliability(df, out_dir)):
+    for fig in (_mc_curve(df, out_dir), _reliability(df, t, out_dir)):
         if fig:
             section.figures.append(fig)
-    section.figures.append(_diversity(long, out_dir))
+    section.figures.append(_diversity(long, t, out_dir))
     mags = magnitude_rows(df)
     if not mags.empty:
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -110,16 +120,10 @@ def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str | None:
     drop = df[df["cfg.method.name"] == "dropout"]
     if drop.empty:  # a partial study: no dropout run complete yet
         return None
-    sizes = sorted(
-        {
-            int(c.split("/")[2][2:])
-            for c in df.columns
-            if c.startswith("test/clean/mc") and c.endswith("/acc")
-        }
-    )
+    sizes = mc_sizes(df, "acc", nonempty=False)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, m in zip(axes, METRICS):
-        s = [seed_stats(drop[f"test/clean/mc{t}/{m}"]) for t in sizes]
+        s = [seed_stats(drop[keys.test("clean", keys.mc_label(t), m)]) for t in sizes]
         band_stats(
             ax,
             np.array(sizes),
@@ -130,15 +134,12 @@ def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str | None:
         refs = [
             ("dropout", "deterministic", "dropout, deterministic (weight scaling)", "--"),
             ("plain", "deterministic", "plain network", ":"),
-            ("subnets", "members", "subnets K=4, average", "-."),
-            ("ensemble", "members", "ensemble K=4, average", "-."),
+            ("subnets", "members", f"subnets K={K}, average", "-."),
+            ("ensemble", "members", f"ensemble K={K}, average", "-."),
         ]
         for method, strategy, label, ls in refs:
-            vals = (
-                df.loc[df["cfg.method.name"] == method, f"test/clean/{strategy}/{m}"]
-                if f"test/clean/{strategy}/{m}" in df
-                else []
-            )
+            key = keys.test("clean", strategy, m)
+            vals = df.loc[df["cfg.method.name"] == method, key] if key in df else []
             s0 = seed_stats(vals)
             if s0["n"]:
                 hline_ci(ax, s0["mean"], s0["ci_low"], s0["ci_high"], label, PALETTE[method], ls)
@@ -174,23 +175,21 @@ def _pooled_reliability(df: pd.DataFrame, method: str, label: str) -> dict | Non
         return {"count": count, "confidence": conf / count, "accuracy": hits / count}
 
 
-def _reliability(df: pd.DataFrame, out_dir: Path) -> str | None:
+def _reliability(df: pd.DataFrame, t: int, out_dir: Path) -> str | None:
     panels = [
-        ("plain", "deterministic", None, "plain"),
-        ("dropout", "deterministic", None, "dropout, deterministic"),
-        ("dropout", "mc", 32, "dropout, MC T=32"),
-        ("subnets", "members", None, "subnets K=4"),
-        ("ensemble", "members", None, "ensemble K=4"),
+        ("plain", "deterministic", "plain"),
+        ("dropout", "deterministic", "dropout, deterministic"),
+        ("dropout", keys.mc_label(t), f"dropout, MC T={t}"),
+        ("subnets", "members", f"subnets K={K}"),
+        ("ensemble", "members", f"ensemble K={K}"),
     ]
-    data = [
-        (p, _pooled_reliability(df, p[0], f"mc{p[2]}" if p[1] == "mc" else p[1])) for p in panels
-    ]
+    data = [(p, _pooled_reliability(df, p[0], p[1])) for p in panels]
     data = [(p, d) for p, d in data if d is not None]
     if not data:
         return None
     fig, axes = plt.subplots(1, len(data), figsize=(3.1 * len(data), 3.3), sharey=True)
     axes = np.atleast_1d(axes)
-    for ax, ((method, strategy, t, title), d) in zip(axes, data):
+    for ax, ((method, label, title), d) in zip(axes, data):
         ok = d["count"] > 0
         edges = np.linspace(0, 1, len(d["count"]) + 1)
         centers = (edges[:-1] + edges[1:]) / 2
@@ -205,8 +204,7 @@ def _reliability(df: pd.DataFrame, out_dir: Path) -> str | None:
             label="accuracy in bin",
         )
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-        label = f"mc{t}" if strategy == "mc" else strategy
-        e = seed_stats(df.loc[df["cfg.method.name"] == method, f"test/clean/{label}/ece"])
+        e = seed_stats(df.loc[df["cfg.method.name"] == method, keys.test("clean", label, "ece")])
         ax.set_title(f"{title}\nECE {fmt_ci(e['mean'], e['ci_low'], e['ci_high'], 3)}", fontsize=9)
         ax.set_xlabel("confidence (top-1)")
         ax.set_xlim(0, 1)
@@ -221,12 +219,13 @@ def _reliability(df: pd.DataFrame, out_dir: Path) -> str | None:
     return save_figure(fig, out_dir, "reliability")
 
 
-def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
+def _diversity(long: pd.DataFrame, t: int, out_dir: Path) -> str:
+    mc = keys.mc_label(t)
     groups = [
-        ("dropout", "mc4", "dropout MC, T=4"),
-        ("dropout", "mc32", "dropout MC, T=32"),
-        ("subnets", "members", "subnets K=4"),
-        ("ensemble", "members", "ensemble K=4"),
+        ("dropout", keys.mc_label(K), f"dropout MC, T={K}"),
+        ("dropout", mc, f"dropout MC, T={t}"),
+        ("subnets", "members", f"subnets K={K}"),
+        ("ensemble", "members", f"ensemble K={K}"),
     ]
     metrics = [
         ("mi", "mutual information (nats)"),
@@ -235,7 +234,7 @@ def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (m, label) in zip(axes, metrics):
-        for i, (method, strategy, name) in enumerate(groups):
+        for i, (method, strategy, _) in enumerate(groups):
             vals = long.loc[(long["method"] == method) & (long["strategy"] == strategy), m]
             s = seed_stats(vals)
             err = ci_yerr(s)
@@ -244,7 +243,7 @@ def _diversity(long: pd.DataFrame, out_dir: Path) -> str:
                 s["mean"],
                 yerr=err,
                 color=PALETTE[method],
-                alpha=0.85 if "32" not in name else 0.55,
+                alpha=0.85 if strategy != mc else 0.55,
                 capsize=4,
                 edgecolor="k",
                 lw=0.4,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.reporting.common import Section, headline_t, seed_stats, write_table
 
 # published plain-network test accuracies (Greydanus & Kobak 2020, the MNIST-1D README: no dropout)
@@ -42,8 +43,8 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
         ["cfg.data.name", "cfg.model.name", "cfg.method.name"], sort=True
     ):
         published, floor = PUBLISHED.get((data, model), ("-", float("nan")))
-        det, det_mean = _cell(group["test/clean/deterministic/acc"])
-        mc_key = f"test/clean/mc{t}/acc"
+        det, det_mean = _cell(group[keys.test("clean", "deterministic", "acc")])
+        mc_key = keys.test("clean", keys.mc_label(t), "acc")
         mc = _cell(group[mc_key])[0] if method != "plain" and mc_key in group else "-"
         rows.append(
             {

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.data.shift import CORRUPTIONS, SEVERITIES, parse_set_name
 from dropens.reporting.common import (
     PALETTE,
@@ -35,6 +36,7 @@ from dropens.reporting.common import (
     ci_cell,
     ci_yerr,
     fmt_paired,
+    headline_t,
     paired_by_seed,
     save_figure,
     seed_stats,
@@ -70,11 +72,11 @@ def series_of(df: pd.DataFrame) -> list[Series]:
     if "plain" in methods:
         out.append(Series("plain", "plain", "deterministic", "plain"))
     if "dropout" in methods:
-        t = int(df.loc[df["cfg.method.name"] == "dropout", "cfg.eval.mc_samples"].iloc[0])
+        t = headline_t(df[df["cfg.method.name"] == "dropout"])
         out.append(
             Series("dropout_ws", "dropout", "deterministic", "dropout, weight scaling", "--")
         )
-        out.append(Series("dropout_mc", "dropout", f"mc{t}", f"dropout, MC T={t}"))
+        out.append(Series("dropout_mc", "dropout", keys.mc_label(t), f"dropout, MC T={t}"))
     for method in ("subnets", "ensemble"):
         if method in methods:
             k = int(df.loc[df["cfg.method.name"] == method, "cfg.method.k"].iloc[0])
@@ -85,7 +87,9 @@ def series_of(df: pd.DataFrame) -> list[Series]:
 def corruptions_of(df: pd.DataFrame) -> list[str]:
     """Corruptions with at least one metric column, in :data:`CORRUPTIONS` order."""
     found = {
-        p[0] for c in df.columns if c.startswith("test/") and (p := parse_set_name(c.split("/")[1]))
+        p[0]
+        for c in df.columns
+        if (k := keys.parse(c)) is not None and k.stage == "test" and (p := parse_set_name(k.set))
     }
     return [c for c in CORRUPTIONS if c in found]
 
@@ -104,7 +108,7 @@ def long_table(df: pd.DataFrame) -> pd.DataFrame:
     for s in series_of(df):
         runs = df[df["cfg.method.name"] == s.method]
         for scaled in (False, True):
-            label = f"{s.label}_ts" if scaled else s.label
+            label = keys.ts_label(s.label) if scaled else s.label
             sets = [("clean", 0, "clean")] + [
                 (c, sev, f"{c}_{sev}") for c in corruptions for sev in SEVERITIES
             ]
@@ -117,8 +121,7 @@ def long_table(df: pd.DataFrame) -> pd.DataFrame:
                         "corruption": corruption,
                         "severity": severity,
                         **{
-                            m: _col(runs, f"test/{set_name}/{label}/{m}").to_numpy()
-                            for m in METRICS
+                            m: _col(runs, keys.test(set_name, label, m)).to_numpy() for m in METRICS
                         },
                     }
                 )
@@ -137,28 +140,32 @@ def per_run(df: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
     """Per (series, scaled, seed): clean, mean over every shifted set, mean at severity 5,
     the fitted temperature and the OOD AUROCs (one row per run and series)."""
     shifted = long[long["severity"] > 0]
-    keys = ["series", "scaled", "seed"]
-    out = long[long["severity"] == 0].set_index(keys)[list(METRICS)].add_prefix("clean_")
-    out = out.join(shifted.groupby(keys)[list(METRICS)].mean().add_prefix("shift_"))
+    by = ["series", "scaled", "seed"]
+    out = long[long["severity"] == 0].set_index(by)[list(METRICS)].add_prefix("clean_")
+    out = out.join(shifted.groupby(by)[list(METRICS)].mean().add_prefix("shift_"))
     top = shifted[shifted["severity"] == max(SEVERITIES)]
-    out = out.join(top.groupby(keys)[list(METRICS)].mean().add_prefix("sev5_")).reset_index()
+    out = out.join(top.groupby(by)[list(METRICS)].mean().add_prefix("sev5_")).reset_index()
     extra = []
     for s in series_of(df):
         runs = df[df["cfg.method.name"] == s.method]
         for scaled in (False, True):
-            label = f"{s.label}_ts" if scaled else s.label
+            label = keys.ts_label(s.label) if scaled else s.label
             part = {
                 "series": s.key,
                 "scaled": scaled,
                 "seed": runs["cfg.seed"].astype(int).to_numpy(),
-                "temperature": _col(runs, f"test/val/{s.label}_ts/temperature").to_numpy()
+                "temperature": _col(
+                    runs, keys.test("val", keys.ts_label(s.label), "temperature")
+                ).to_numpy()
                 if scaled
                 else np.nan,
             }
             for score in SCORES:
-                part[f"auroc_{score}"] = _col(runs, f"test/ood/{label}/auroc_{score}").to_numpy()
+                part[f"auroc_{score}"] = _col(
+                    runs, keys.test("ood", label, f"auroc_{score}")
+                ).to_numpy()
             extra.append(pd.DataFrame(part))
-    return out.merge(pd.concat(extra, ignore_index=True), on=keys, how="left")
+    return out.merge(pd.concat(extra, ignore_index=True), on=by, how="left")
 
 
 def build(df: pd.DataFrame, out_dir: Path) -> Section:

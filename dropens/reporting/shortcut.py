@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dropens import keys
 from dropens.data.faces import render, sample_faces
 from dropens.reporting.common import (
     PALETTE,
@@ -49,13 +50,13 @@ METHODS = [  # (variant, colour): order of every figure and table
     ("ensemble K=4", PALETTE["ensemble"]),
 ]
 COLOURS = dict(METHODS)
-# (column in the long table, metric key under test/<set>/<label>/, axis label)
+# (column in the long table, (eval set, metric) of its key test/<set>/<label>/<metric>, axis label)
 MEASURES = [
-    ("acc_iid", "iid/{label}/acc", "accuracy, iid (cue as in training)"),
-    ("acc_clean", "clean/{label}/acc", "accuracy, cue independent of label"),
-    ("acc_conflict", "conflict/{label}/acc", "accuracy, cue always wrong"),
-    ("worst_group", "teeth/{label}/worst_group_acc", "worst-group accuracy"),
-    ("flip_rate", "teeth/{label}/flip_rate", "flip rate (teeth in vs out)"),
+    ("acc_iid", ("iid", "acc"), "accuracy, iid (cue as in training)"),
+    ("acc_clean", ("clean", "acc"), "accuracy, cue independent of label"),
+    ("acc_conflict", ("conflict", "acc"), "accuracy, cue always wrong"),
+    ("worst_group", ("teeth", "worst_group_acc"), "worst-group accuracy"),
+    ("flip_rate", ("teeth", "flip_rate"), "flip rate (teeth in vs out)"),
 ]
 
 
@@ -84,18 +85,17 @@ def _long(df: pd.DataFrame) -> pd.DataFrame:
             "cfg.seed": int(run["cfg.seed"]),
             "record": run["record"],
         }
-        for col, key, _ in MEASURES:
-            row[col] = run.get("test/" + key.format(label=label), np.nan)
-        row["flip_rate_mc"] = run.get(
-            f"test/teeth/mc{int(run['cfg.eval.mc_samples'])}/flip_rate", np.nan
-        )
+        for col, (set_name, metric), _ in MEASURES:
+            row[col] = run.get(keys.test(set_name, label, metric), np.nan)
+        mc = keys.mc_label(int(run["cfg.eval.mc_samples"]))
+        row["flip_rate_mc"] = run.get(keys.test("teeth", mc, "flip_rate"), np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section = Section()
-    require_columns(df, ["test/teeth/deterministic/flip_rate"], "shortcut")
+    require_columns(df, [keys.test("teeth", "deterministic", "flip_rate")], "shortcut")
     long = _long(df)
     cols = [c for c, _, _ in MEASURES]
     summary = summarize_groups(long, ["method", "rho"], [*cols, "flip_rate_mc"])
@@ -142,8 +142,10 @@ def _paired(long: pd.DataFrame) -> pd.DataFrame:
     """Each method minus ``plain`` at the same rho, paired by seed, for the reliance measures."""
     rows = []
     order = {m: i for i, (m, _) in enumerate(METHODS)}
-    keys = sorted(long.groupby(["method", "rho"]).groups, key=lambda k: (k[1], order.get(k[0], 99)))
-    for method, rho in keys:
+    groups = sorted(
+        long.groupby(["method", "rho"]).groups, key=lambda k: (k[1], order.get(k[0], 99))
+    )
+    for method, rho in groups:
         group = long[(long["method"] == method) & np.isclose(long["rho"], rho)]
         base = long[(long["method"] == "plain") & np.isclose(long["rho"], rho)]
         if method == "plain" or base.empty:

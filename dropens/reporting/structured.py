@@ -20,16 +20,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from dropens import keys
 from dropens.reporting.common import (
     PALETTE,
+    PairedGroup,
     Section,
     ci_cell,
     ci_yerr,
-    fmt_ci,
-    fmt_paired,
     headline_t,
-    multiplicity_line,
-    paired_by_seed,
+    paired_vs_reference,
     require_columns,
     save_figure,
     seed_stats,
@@ -75,8 +74,8 @@ def _order(labels: list[str]) -> list[str]:
 
 
 def _archs(df: pd.DataFrame) -> list[tuple[str, str]]:
-    keys = list(dict.fromkeys(zip(df["cfg.data.name"], df["cfg.model.name"])))
-    return [k for k in ARCHS if k in keys] + [k for k in keys if k not in ARCHS]
+    found = list(dict.fromkeys(zip(df["cfg.data.name"], df["cfg.model.name"])))
+    return [k for k in ARCHS if k in found] + [k for k in found if k not in ARCHS]
 
 
 def _color(label: str) -> str:
@@ -90,14 +89,15 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     df["arch"] = [
         ARCHS.get((d, m), f"{d} {m}") for d, m in zip(df["cfg.data.name"], df["cfg.model.name"])
     ]
-    t = headline_t(df)
-    mc = f"mc{t}"
-    require_columns(df[df["cfg.method.name"] == "dropout"], [f"test/clean/{mc}/acc"], "structured")
+    mc = keys.mc_label(headline_t(df))
+    require_columns(
+        df[df["cfg.method.name"] == "dropout"], [keys.test("clean", mc, "acc")], "structured"
+    )
     archs = [ARCHS.get(k, f"{k[0]} {k[1]}") for k in _archs(df)]
-    keys = [f"test/clean/{s}/{m}" for s in ("deterministic", mc) for m in METRICS] + [
-        f"test/clean/{mc}/{m}" for m in DIVERSITY
+    columns = [keys.test("clean", s, m) for s in ("deterministic", mc) for m in METRICS] + [
+        keys.test("clean", mc, m) for m in DIVERSITY
     ]
-    summary = summarize_groups(df, ["arch", "structure"], keys)
+    summary = summarize_groups(df, ["arch", "structure"], columns)
     section.tables.append(_summary_table(summary, archs, mc, out_dir))
     section.tables.append(_paired_table(df, archs, mc, out_dir, section))
     section.figures.append(_metrics(df, summary, archs, mc, out_dir))
@@ -117,10 +117,10 @@ def _summary_table(summary: pd.DataFrame, archs: list[str], mc: str, out_dir: Pa
             r = sub[sub["structure"] == label].iloc[0]
             row = {"architecture": arch, "structure": label, "seeds": int(r["n"])}
             for m in METRICS:
-                row[f"{m} (det.)"] = ci_cell(r, f"test/clean/deterministic/{m}", 4)
-                row[f"{m} ({mc})"] = ci_cell(r, f"test/clean/{mc}/{m}", 4)
+                row[f"{m} (det.)"] = ci_cell(r, keys.test("clean", "deterministic", m), 4)
+                row[f"{m} ({mc})"] = ci_cell(r, keys.test("clean", mc, m), 4)
             for m in DIVERSITY:
-                row[f"{m} ({mc})"] = ci_cell(r, f"test/clean/{mc}/{m}", 4)
+                row[f"{m} ({mc})"] = ci_cell(r, keys.test("clean", mc, m), 4)
             rows.append(row)
     return write_table(pd.DataFrame(rows), out_dir, "summary")
 
@@ -128,71 +128,48 @@ def _summary_table(summary: pd.DataFrame, archs: list[str], mc: str, out_dir: Pa
 def _paired_table(
     df: pd.DataFrame, archs: list[str], mc: str, out_dir: Path, section: Section
 ) -> str:
-    rows = []
-    pvalues: list[float] = []
-    what = {"acc": "accuracy", "nll": "NLL", "ece": "ECE", "mi": "mutual information"}
-    for arch in archs:
-        runs = df[df["arch"] == arch]
-        ref = runs[runs["structure"] == REFERENCE]
-        labels = _order(list(runs["structure"]))
-        lines: dict[str, list[str]] = {m: [] for m in what}
-        for label in labels:
-            sub = runs[runs["structure"] == label]
-            for m in what:
-                if label == "plain":  # its one network; no MC, no pairing with MC
-                    if m != "mi":
-                        st = seed_stats(sub[f"test/clean/deterministic/{m}"])
-                        cell = fmt_ci(st["mean"], st["ci_low"], st["ci_high"], 4)
-                        lines[m].append(f"plain (no dropout) {cell}")
-                    continue
-                key = f"test/clean/{mc}/{m}"
-                st = seed_stats(sub[key]) if key in sub else seed_stats([])
-                cell = f"{label} {fmt_ci(st['mean'], st['ci_low'], st['ci_high'], 4)}"
-                if label != REFERENCE and len(ref):
-                    cell += f" (vs element {fmt_paired(paired_by_seed(sub, ref, key), 4)})"
-                lines[m].append(cell)
-            if label == REFERENCE or not len(ref):
-                continue
-            for s in ("deterministic", mc):
-                if label == "plain" and s == mc:
-                    continue
-                row = {
-                    "architecture": arch,
-                    "structure": label,
-                    "vs": REFERENCE,
-                    "evaluation": s,
-                    "pairs": int(paired_by_seed(sub, ref, f"test/clean/{s}/acc")["n"]),
-                }
-                for m in (*METRICS, *DIVERSITY):  # no diversity in one deterministic pass
-                    d = paired_by_seed(sub, ref, f"test/clean/{s}/{m}")
-                    diverse = m in METRICS or s == mc
-                    row[f"diff {m}"] = fmt_paired(d, 4) if diverse else "-"
-                    pvalues += [d["pvalue"]] if diverse else []
-                rows.append(row)
-        for m, cells in lines.items():
-            section.results.append(f"{arch}, {what[m]}, MC T={mc[2:]}: " + "; ".join(cells))
-    if line := multiplicity_line(pvalues, "every cell of `paired.md`"):
-        section.results.append(line)
-    return write_table(pd.DataFrame(rows), out_dir, "paired")
+    """Each structure minus ``element`` on the same architecture (:func:`paired_vs_reference`)."""
+    t = keys.mc_samples(mc)
+    groups = [
+        PairedGroup(
+            df[df["arch"] == arch],
+            {"architecture": arch},
+            lambda what, arch=arch: f"{arch}, {what}, MC T={t}: ",
+        )
+        for arch in archs
+    ]
+    return paired_vs_reference(
+        groups,
+        "structure",
+        "structure",
+        REFERENCE,
+        lambda runs: _order(list(runs["structure"])),
+        mc,
+        list(METRICS),
+        list(DIVERSITY),
+        out_dir,
+        section,
+        plain="plain",
+    )
 
 
 def _points(
     ax: plt.Axes,
     runs: pd.DataFrame,
     labels: list[str],
-    keys: list[tuple[str, str, str]],
+    points: list[tuple[str, str, str]],
 ) -> None:
     """Per structure, one marker per ``(key, name, marker style)``: mean with its 95% CI error bar
     and the seeds as small grey dots (a dot plot: the y axis is zoomed to the data, where bars
     from a cut baseline would mislead)."""
-    width = 0.5 / len(keys)
+    width = 0.5 / len(points)
     for i, label in enumerate(labels):
         sub = runs[runs["structure"] == label]
-        for j, (key, name, style) in enumerate(keys):
+        for j, (key, name, style) in enumerate(points):
             if key not in sub or sub[key].isna().all():
                 continue
             s = seed_stats(sub[key])
-            x = i + (j - (len(keys) - 1) / 2) * width
+            x = i + (j - (len(points) - 1) / 2) * width
             ax.scatter(np.full(len(sub), x), sub[key], color="#888888", s=7, zorder=2)
             ax.errorbar(
                 x,
@@ -212,11 +189,11 @@ def _points(
     ax.grid(alpha=0.3)
 
 
-def _zoom(ax: plt.Axes, runs: pd.DataFrame, keys: list[str]) -> None:
+def _zoom(ax: plt.Axes, runs: pd.DataFrame, columns: list[str]) -> None:
     """Y range from the seeds and the 95% intervals of every structure (bars from 0 would hide
     differences of a few tenths of a percent)."""
     vals = []
-    for key in (k for k in keys if k in runs):
+    for key in (k for k in columns if k in runs):
         for _, sub in runs.groupby("structure"):
             s = seed_stats(sub[key])
             vals += [*sub[key].dropna(), s["ci_low"], s["ci_high"]]
@@ -236,12 +213,16 @@ def _metrics(
         labels = _order(list(runs["structure"]))
         for i, m in enumerate(METRICS):
             ax = axes[i, j]
-            keys = [
-                (f"test/clean/deterministic/{m}", "deterministic pass (weight scaling)", "open"),
-                (f"test/clean/{mc}/{m}", f"MC dropout, T={mc[2:]}", "filled"),
+            points = [
+                (
+                    keys.test("clean", "deterministic", m),
+                    "deterministic pass (weight scaling)",
+                    "open",
+                ),
+                (keys.test("clean", mc, m), f"MC dropout, T={keys.mc_samples(mc)}", "filled"),
             ]
-            _points(ax, runs, labels, keys)
-            _zoom(ax, runs, [k for k, _, _ in keys])
+            _points(ax, runs, labels, points)
+            _zoom(ax, runs, [k for k, _, _ in points])
             ax.set_ylabel(METRICS[m])
             if i == 0:
                 ax.set_title(arch)
@@ -263,12 +244,13 @@ def _diversity(
         labels = _order(list(runs["structure"]))
         for i, m in enumerate(DIVERSITY):
             ax = axes[i, j]
-            _points(ax, runs, labels, [(f"test/clean/{mc}/{m}", f"MC T={mc[2:]}", "filled")])
+            point = (keys.test("clean", mc, m), f"MC T={keys.mc_samples(mc)}", "filled")
+            _points(ax, runs, labels, [point])
             ax.set_ylabel(DIVERSITY[m])
             if i == 0:
                 ax.set_title(arch)
     fig.suptitle(
-        f"Diversity of the MC-dropout samples (T={mc[2:]}) per mask structure; "
+        f"Diversity of the MC-dropout samples (T={keys.mc_samples(mc)}) per mask structure; "
         "mean and 95% CI, grey dots = seeds"
     )
     fig.tight_layout()

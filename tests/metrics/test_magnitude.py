@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from dropens import activations
 from dropens.errors import ConfigError
 from dropens.metrics import magnitude as mag
 
@@ -112,7 +113,7 @@ def _hook_count(model: nn.Module) -> int:
 def test_recorder_leaves_no_hooks_behind():
     model = small_model()
     user_handle = model[0].register_forward_hook(lambda *args: None)
-    with mag.ActivationRecorder(model) as rec:
+    with activations.ActivationRecorder(model) as rec:
         assert _hook_count(model) == 1 + 2 * 2  # pre + post hook on Dropout and BatchNorm
         model(torch.randn(16, 8))
     assert _hook_count(model) == 1 and len(model[0]._forward_hooks) == 1
@@ -128,7 +129,7 @@ def test_recorder_leaves_no_hooks_behind():
 
 def test_recorder_removes_hooks_after_an_exception():
     model = small_model()
-    with pytest.raises(RuntimeError, match="mat1 and mat2"), mag.ActivationRecorder(model):
+    with pytest.raises(RuntimeError, match="mat1 and mat2"), activations.ActivationRecorder(model):
         model(torch.randn(16, 5))  # wrong width: the first Linear raises
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
@@ -136,7 +137,7 @@ def test_recorder_removes_hooks_after_an_exception():
 
 def test_recorder_manual_attach_detach_and_kinds():
     model = small_model()
-    rec = mag.ActivationRecorder(model, kinds=["batchnorm"])
+    rec = activations.ActivationRecorder(model, kinds=["batchnorm"])
     rec.attach()
     with pytest.raises(RuntimeError, match="already attached"):
         rec.attach()
@@ -146,13 +147,13 @@ def test_recorder_manual_attach_detach_and_kinds():
     assert _hook_count(model) == 0
     assert {r["kind"] for r in rec.records} == {"batchnorm"}
     with pytest.raises(ConfigError, match=r"kinds='relu'"):
-        mag.ActivationRecorder(model, kinds=["relu"])
+        activations.ActivationRecorder(model, kinds=["relu"])
 
 
 def test_recorder_sees_the_input_of_inplace_dropout_before_it_is_modified():
     model = nn.Sequential(nn.Dropout(0.5, inplace=True)).train()
     x = torch.rand(64, 100) + 0.5  # no zeros
-    with mag.ActivationRecorder(model) as rec:
+    with activations.ActivationRecorder(model) as rec:
         model(x.clone())
     by_where = {r["where"]: r for r in rec.records}
     assert by_where["input"]["frac_zero"] == 0.0
@@ -160,12 +161,12 @@ def test_recorder_sees_the_input_of_inplace_dropout_before_it_is_modified():
 
 
 def test_layer_kind_recognises_dropouts_and_batchnorms():
-    assert mag.layer_kind(nn.Dropout2d()) == "dropout"
-    assert mag.layer_kind(nn.AlphaDropout()) == "dropout"
-    assert mag.layer_kind(nn.BatchNorm2d(3)) == "batchnorm"
-    assert mag.layer_kind(nn.ReLU()) is None
+    assert activations.layer_kind(nn.Dropout2d()) == "dropout"
+    assert activations.layer_kind(nn.AlphaDropout()) == "dropout"
+    assert activations.layer_kind(nn.BatchNorm2d(3)) == "batchnorm"
+    assert activations.layer_kind(nn.ReLU()) is None
     layers = pytest.importorskip("dropens.layers")
-    assert mag.layer_kind(layers.Dropout(0.2)) == "dropout"
+    assert activations.layer_kind(layers.Dropout(0.2)) == "dropout"
 
 
 # ----------------------------------------------------------------------------- record_train_eval
@@ -184,7 +185,7 @@ def test_record_train_eval_restores_the_model():
     x = torch.randn(64, 8)
     rng = torch.get_rng_state()
 
-    rows = mag.record_train_eval(model, x, seed=7)
+    rows = activations.record_train_eval(model, x, seed=7)
 
     assert [m.training for m in model.modules()] == flags
     for name, buf in model.named_buffers():
@@ -193,7 +194,7 @@ def test_record_train_eval_restores_the_model():
     assert torch.equal(torch.get_rng_state(), rng)  # seeded pass ran on a forked RNG
     assert _hook_count(model) == 0
     json.dumps(rows)  # run-record ready
-    again = mag.record_train_eval(model, x, seed=7)
+    again = activations.record_train_eval(model, x, seed=7)
     assert json.dumps(again) == json.dumps(rows)  # reproducible with a seed
 
 
@@ -210,7 +211,7 @@ def test_record_train_eval_restores_after_an_exception():
     model.append(Boom())
     model[3].eval()
     with pytest.raises(ValueError, match="boom"):
-        mag.record_train_eval(model, torch.randn(16, 8))
+        activations.record_train_eval(model, torch.randn(16, 8))
     assert model.training and not model[3].training
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -222,7 +223,7 @@ def test_record_train_eval_statistics_of_a_dropout_layer():
     model = nn.Sequential(nn.Dropout(p))
     g = torch.Generator().manual_seed(0)
     x = 1.0 + torch.randn(200, 500, generator=g, dtype=torch.float64)
-    rows = {r["where"]: r for r in mag.record_train_eval(model, x, seed=1)}
+    rows = {r["where"]: r for r in activations.record_train_eval(model, x, seed=1)}
     inp, out = rows["input"], rows["output"]
     assert inp["var_ratio"] == 1.0 and inp["mean_ratio"] == 1.0  # same batch in both passes
     assert out["p"] == p
@@ -247,7 +248,7 @@ def test_record_train_eval_uses_sample_and_off_modes_of_dropens_dropout():
     layer.set_mode("member")
     model = nn.Sequential(layer)
     x = torch.rand(32, 50) + 0.5
-    rows = {r["where"]: r for r in mag.record_train_eval(model, x)}
+    rows = {r["where"]: r for r in activations.record_train_eval(model, x)}
     assert layer.mode == "member"
     out = rows["output"]
     assert out["mean_eval"] == pytest.approx(0.5 * rows["input"]["mean_eval"])  # weight scaling
@@ -284,7 +285,7 @@ def test_batchnorm_after_dropout_shows_the_variance_shift():
         for _ in range(40):
             model(c + math.sqrt(v) * torch.randn(256, channels, generator=g))
     x = c + math.sqrt(v) * torch.randn(2048, channels, generator=g)
-    rows = mag.record_train_eval(model, x, seed=0)
+    rows = activations.record_train_eval(model, x, seed=0)
     bn_row = next(r for r in rows if r["kind"] == "batchnorm" and r["where"] == "input")
     ratio = mag.bn_variance_mismatch(bn, x)["ratio"]  # channels are i.i.d. replicates
     assert bn_row["bn_var_ratio"] == pytest.approx(float(ratio.mean()))

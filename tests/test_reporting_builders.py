@@ -1,5 +1,6 @@
-"""Report builders of the mask_distributions, structured and mc_samples studies on synthetic run
-tables (no training): paired-by-seed cells, the MC-vs-weight-scaling crossing, figures written."""
+"""Report builders of the mask_distributions, structured, mc_samples and magnitude studies on
+synthetic run tables (no training): paired-by-seed cells, the MC-vs-weight-scaling crossing, the
+headline MC T read from the records, figures written."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dropens import keys
 from dropens.metrics import stats
-from dropens.reporting import common, mask_distributions, mc_samples, structured
+from dropens.reporting import (
+    common,
+    ensemble_view,
+    magnitude,
+    mask_distributions,
+    mc_samples,
+    structured,
+)
 from dropens.results import RunRecord
 
 SEEDS = (0, 1, 2)
@@ -20,14 +29,14 @@ def _metrics(rng: np.random.Generator, labels: list[str], base: float) -> dict[s
         acc = base + rng.normal(0, 0.01)
         row.update(
             {
-                f"test/clean/{label}/acc": acc,
-                f"test/clean/{label}/nll": 1.5 - acc + rng.normal(0, 0.01),
-                f"test/clean/{label}/ece": abs(rng.normal(0.05, 0.01)),
+                keys.test("clean", label, "acc"): acc,
+                keys.test("clean", label, "nll"): 1.5 - acc + rng.normal(0, 0.01),
+                keys.test("clean", label, "ece"): abs(rng.normal(0.05, 0.01)),
             }
         )
-        if label.startswith("mc") and label != "mc1":
-            row[f"test/clean/{label}/mi"] = abs(rng.normal(0.02, 0.005))
-            row[f"test/clean/{label}/disagreement"] = abs(rng.normal(0.2, 0.02))
+        if (keys.mc_samples(label) or 1) > 1:
+            row[keys.test("clean", label, "mi")] = abs(rng.normal(0.02, 0.005))
+            row[keys.test("clean", label, "disagreement")] = abs(rng.normal(0.2, 0.02))
     return row
 
 
@@ -67,9 +76,9 @@ def _tests_in(paired: pd.DataFrame) -> int:
     return int(sum(paired[c].astype(str).str.contains(r"\], p[=<]").sum() for c in paired))
 
 
-def test_mask_distributions_build(tmp_path):
+def _mask_distribution_runs(t: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    labels = ["deterministic", "mc1", "mc2", "mc32"]
+    labels = ["deterministic", *(keys.mc_label(n) for n in (1, 2, t))]
     rows = []
     for model in ("mlp", "cnn1d"):
         for seed in SEEDS:
@@ -82,10 +91,14 @@ def test_mask_distributions_build(tmp_path):
                 for p in (0.1, 0.25, 0.5):
                     rows.append(
                         {"cfg.model.name": model, "cfg.method.name": "dropout", "cfg.seed": seed}
-                        | {"cfg.dropout.dist": dist, "cfg.dropout.p": p, "cfg.eval.mc_samples": 32}
+                        | {"cfg.dropout.dist": dist, "cfg.dropout.p": p, "cfg.eval.mc_samples": t}
                         | _metrics(rng, labels, 0.9 - 0.1 * p)
                     )
-    section = mask_distributions.build(pd.DataFrame(rows), tmp_path)
+    return pd.DataFrame(rows)
+
+
+def test_mask_distributions_build(tmp_path):
+    section = mask_distributions.build(_mask_distribution_runs(32), tmp_path)
     assert section.figures == ["metrics_vs_p", "diversity_vs_p"]
     paired = pd.read_csv(tmp_path / "paired.csv")
     assert len(paired) == 2 * 3 * 2 * 2  # model x p x (gaussian, uniform) x evaluation
@@ -163,9 +176,9 @@ def test_mc_samples_crossing_hand_computed():
         4: [0.115, 0.12, 0.13],
         8: [0.10, 0.11, 0.115],
     }
-    df = pd.DataFrame({"cfg.seed": list(SEEDS), "test/clean/deterministic/acc": ws_acc})
+    df = pd.DataFrame({"cfg.seed": list(SEEDS), keys.test("clean", "deterministic", "acc"): ws_acc})
     for t, err in mc_err.items():
-        df[f"test/clean/mc{t}/acc"] = 1 - np.array(err)
+        df[keys.test("clean", keys.mc_label(t), "acc")] = 1 - np.array(err)
     runs = mc_samples._with_errors(df, [1, 2, 4, 8])
     ws_high = stats.summarize(1 - ws_acc)["ci_high"]
     assert np.mean(mc_err[2]) <= ws_high < np.mean(mc_err[1])
@@ -187,7 +200,7 @@ def test_mc_samples_build(tmp_path):
     sizes = [1, 2, 4, 8, 16, 32, 64, 128]
     rows = [
         {"cfg.method.name": "dropout", "cfg.dropout.p": p, "cfg.seed": seed}
-        | _metrics(rng, ["deterministic", *(f"mc{t}" for t in sizes)], 0.88)
+        | _metrics(rng, ["deterministic", *map(keys.mc_label, sizes)], 0.88)
         for p in (0.1, 0.5)
         for seed in SEEDS
     ]
@@ -197,3 +210,54 @@ def test_mc_samples_build(tmp_path):
     assert list(crossing["p"]) == [0.1, 0.5]
     assert "MC T=128 - WS" in crossing and "MC - WS not significant from T" in crossing
     assert len(pd.read_csv(tmp_path / "error_vs_T.csv")) == 2 * (1 + len(sizes))
+
+
+def test_headline_t_comes_from_the_records(tmp_path):
+    """Runs evaluated with eval.mc_samples=16: the builders read ``mc16`` and say T=16."""
+    section = mask_distributions.build(_mask_distribution_runs(16), tmp_path / "masks")
+    summary = pd.read_csv(tmp_path / "masks" / "summary.csv")
+    assert "acc (mc16)" in summary and not any("32" in c for c in summary.columns)
+    assert any(", MC T=16, accuracy: bernoulli " in line for line in section.results)
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in SEEDS:
+        for p in (0.1, 0.5):
+            for bn, sites in ((False, "[hidden]"), (True, "[hidden]"), (True, "[head]")):
+                rows.append(
+                    {"cfg.method.name": "dropout", "cfg.seed": seed, "cfg.eval.mc_samples": 16}
+                    | {"cfg.dropout.p": p, "cfg.dropout.scale": "inverted"}
+                    | {"cfg.model.batchnorm": bn, "cfg.model.dropout_sites": sites}
+                    | {"record": RunRecord(tmp_path / "no_record")}
+                    | _metrics(
+                        rng, ["ws_off", "ws_on", "deterministic", "bn_recomputed", "mc16"], 0.9
+                    )
+                )
+    section = magnitude.build(pd.DataFrame(rows), tmp_path / "magnitude")
+    assert section.figures == ["weight_scaling", "batchnorm"]
+    table = pd.read_csv(tmp_path / "magnitude" / "weight_scaling.csv")
+    assert "mc16 acc" in table and "mc16" in pd.read_csv(tmp_path / "magnitude" / "batchnorm.csv")
+    assert sum(", MC T=16 " in line for line in section.results) == 4  # (sites, p) of the BN runs
+
+
+def test_mc_and_prefix_sizes_parse_the_keys():
+    df = pd.DataFrame(
+        {
+            keys.test("clean", keys.mc_label(8), "acc"): [0.9],
+            keys.test("clean", keys.mc_label(2), "acc"): [0.8],
+            keys.test("clean", keys.mc_label(4), "acc"): [np.nan],  # no value in any run
+            keys.test("clean", keys.mc_label(16), "nll"): [0.3],
+            keys.test("clean", keys.ts_label(keys.mc_label(32)), "acc"): [0.9],
+            keys.test("rotate_3", keys.mc_label(64), "acc"): [0.5],
+            keys.test("clean", keys.prefix_label(3), "acc"): [0.7],
+            keys.test("clean", keys.prefix_label(2), "acc"): [0.6],
+            keys.test("clean", keys.prefix_label(2), "nll"): [0.6],
+            keys.test("clean", keys.member_label(1), "acc"): [0.5],
+        }
+    )
+    assert common.mc_sizes(df) == mc_samples.mc_sizes(df) == [2, 8]
+    assert common.mc_sizes(df, nonempty=False) == [2, 4, 8]
+    assert common.mc_sizes(df, "nll") == [16]
+    assert common.mc_sizes(df, set_name="rotate_3") == [64]
+    assert ensemble_view._prefix_sizes(df, "acc") == [2, 3]
+    assert ensemble_view._prefix_sizes(df, "ece") == []

@@ -1,0 +1,225 @@
+"""Running ``M`` members of a model batched, in the one ensemble layout (:mod:`dropens.layout`).
+
+:func:`run_members` runs members ``0..M-1`` of any strategy (:mod:`dropens.inference`) stacked on
+the batch axis as ``(m b)``, in chunks over *both* members and examples sized to a memory budget
+(:func:`chunk_sizes`, :func:`row_bytes`; on a CPU also a cache-sized working set,
+:func:`cpu_max_rows`) -- never as a Python loop over single passes -- and returns their
+log-probabilities ``[M, N, C]``; :class:`Predictions` holds them with their aggregate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dropens import control
+from dropens.errors import ConfigError
+from dropens.layers import Dropout
+from dropens.layout import stack, unstack
+from dropens.metrics._common import check_weights, weighted_sum
+from dropens.metrics.summary import aggregate as aggregate_probs
+
+CPU_WORKING_SET_MB = 8  # why: about one core's L2 + share of L3, per thread; see cpu_max_rows
+CPU_MIN_ROWS = 256  # why: below this the ~10 module calls per forward start to show
+
+
+@dataclass
+class Predictions:
+    """Per-member predictive distributions of one eval set.
+
+    Attributes:
+        member_probs: ``[M, N, C]`` float32 probabilities on the CPU (members, examples, classes).
+        aggregate: how :attr:`probs` combines members: ``mean`` (arithmetic mean of probabilities)
+            or ``geometric`` (softmax of the mean log-probabilities).
+        strategy: the strategy that produced them (e.g. ``mc``).
+        weights: optional ``[M]`` float64 member weights summing to 1 (``exhaustive``: the
+            probability of each mask); ``None`` weighs members equally.
+        member_logprobs: optional ``[M, N, C]`` float32 log-probabilities (kept by :func:`predict`
+            for ``aggregate="geometric"``): the geometric mean then uses them directly, which
+            stays exact where a member's probability underflows float32 (below ~1e-38, e.g. a
+            confident member's wrong classes, whose stored probability would be 0).
+    """
+
+    member_probs: Tensor
+    aggregate: str = "mean"
+    strategy: str = ""
+    weights: Tensor | None = None
+    member_logprobs: Tensor | None = None
+
+    @property
+    def probs(self) -> Tensor:
+        """``[N, C]`` aggregate of the members (weighted by :attr:`weights` when set)."""
+        if self.aggregate == "geometric" and self.member_logprobs is not None:
+            return geometric_from_logprobs(self.member_logprobs, self.weights)
+        return aggregate_probs(self.member_probs, self.aggregate, self.weights)
+
+    @property
+    def n_members(self) -> int:
+        return self.member_probs.shape[0]
+
+
+def geometric_from_logprobs(member_logprobs: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Normalized geometric mean ``softmax(Σ_m w_m log p_m)`` of log-probabilities ``[M, N, C]``.
+
+    The same aggregate as ``aggregate(exp(member_logprobs), "geometric", weights)`` without the
+    round trip through probabilities (no underflow, no clamp). Returns ``[N, C]``.
+    """
+    m = member_logprobs.shape[0]
+    w = torch.full((m,), 1.0 / m, dtype=torch.float64) if weights is None else weights
+    mean_logp = weighted_sum(check_weights(w, m), member_logprobs)  # float64 accumulation
+    return torch.softmax(mean_logp, dim=-1).to(member_logprobs.dtype)
+
+
+def probe(model: nn.Module, x1: Tensor) -> tuple[int, dict[Dropout, list[tuple[int, ...]]]]:
+    """One deterministic forward of ``x1``: activation bytes (input + every leaf module's output)
+    and the per-example input shapes seen by every dropout layer with ``p > 0``."""
+    total = [x1.numel() * x1.element_size()]
+    seen: dict[Dropout, list[tuple[int, ...]]] = {}
+
+    def count(module: nn.Module, args: tuple, output: object) -> None:
+        if isinstance(output, Tensor):
+            total[0] += output.numel() * output.element_size()
+        if isinstance(module, Dropout) and module.p > 0 and args and isinstance(args[0], Tensor):
+            shapes = seen.setdefault(module, [])
+            if tuple(args[0].shape[1:]) not in shapes:
+                shapes.append(tuple(args[0].shape[1:]))
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with control.deterministic(model):
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0], seen
+
+
+def chunk_sizes(
+    n_members: int,
+    n_examples: int,
+    row_bytes: int,
+    memory_budget_mb: float,
+    fixed_members: bool = False,
+    max_rows: int | None = None,
+) -> tuple[int, int]:
+    """``(members, examples)`` per forward so that ``members * examples`` stacked rows fit.
+
+    Rows per forward ``R = min(budget / row_bytes, max_rows)`` (at least 1). Examples are split
+    first: all ``M`` members of ``R // M`` examples per forward; when one example's ``M`` rows alone
+    exceed ``R`` (e.g. 2^16 exhaustive masks), members are split too: ``R`` members of one example.
+    ``fixed_members`` (a stacked ensemble, whose forward takes all ``K`` nets) never splits members.
+    """
+    rows = max(1, int(memory_budget_mb * 2**20) // max(1, row_bytes))
+    if max_rows is not None:
+        rows = max(1, min(rows, int(max_rows)))
+    if fixed_members:
+        return n_members, max(1, min(n_examples, rows // n_members))
+    examples = max(1, min(n_examples, rows // n_members))
+    return min(n_members, max(1, rows // examples)), examples
+
+
+def cpu_max_rows(row_bytes: int, threads: int | None = None) -> int:
+    """Rows per forward on a CPU: a working set of about :data:`CPU_WORKING_SET_MB` per torch
+    thread (cache-sized), but at least :data:`CPU_MIN_ROWS` rows so that per-forward overhead
+    stays amortized.
+
+    Why: one forward over ``T x 1000`` rows streams every activation through main memory; chunks
+    whose activations stay in cache are faster (benchmarks/bench_mc.py, MNIST-1D MLP, T = 32, one
+    thread on 2 AMD EPYC cores: ~1.5k rows per forward took 0.5x the time of 32k rows).
+    GPUs get no such cap.
+    """
+    threads = torch.get_num_threads() if threads is None else threads
+    working_set = int(CPU_WORKING_SET_MB * max(1, threads) * 2**20)
+    return max(CPU_MIN_ROWS, working_set // max(1, row_bytes))
+
+
+def row_bytes(model: nn.Module, x1: Tensor, n: int = 1) -> int:
+    """Estimated working memory of one stacked row: 2 x (input + every leaf module's output) bytes
+    of a deterministic probe forward of the one example ``x1`` (repeated ``n`` times for a
+    stacked ensemble of ``n`` nets). The factor 2 covers temporaries the leaf outputs do not show (masks,
+    functional ops inside a module's forward)."""
+    with control.preserved(model):
+        model.eval()
+        total, _ = probe(model, stack(x1[:1], n))
+    return max(1, 2 * total // n)
+
+
+@dataclass(frozen=True)
+class Members:
+    """How a strategy runs on one model.
+
+    Attributes:
+        n: ``M``, the number of members.
+        enter: ``enter(j0, j1)`` is a context manager in which the model runs members
+            ``[j0, j1)`` stacked ``(m b)`` (it switches the model through :mod:`dropens.control`).
+        fixed: every forward must take all ``M`` members (a stacked ensemble).
+        weights: optional ``[M]`` float64 member weights summing to 1.
+    """
+
+    n: int
+    enter: Callable[[int, int], AbstractContextManager]
+    fixed: bool = False
+    weights: Tensor | None = None
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def run_members(
+    model: nn.Module,
+    x: Tensor,
+    members: Members,
+    memory_budget_mb: float = 256,
+    max_rows: int | None = None,
+) -> Tensor:
+    """``[M, N, C]`` float32 CPU log-probabilities of ``members`` on inputs ``x [N, *input_shape]``.
+
+    The model runs as it is (its train/eval state is the caller's), in chunks of
+    :func:`chunk_sizes` members x examples; ``max_rows=None`` caps a CPU forward to a cache-sized
+    working set (:func:`cpu_max_rows`).
+    """
+    device = device_of(model)
+    m, n = members.n, len(x)
+    row = row_bytes(model, x[:1].to(device), m if members.fixed else 1)
+    if max_rows is None and device.type == "cpu":
+        max_rows = cpu_max_rows(row)
+    m_chunk, b_chunk = chunk_sizes(m, n, row, memory_budget_mb, members.fixed, max_rows)
+    out: Tensor | None = None
+    for j0 in range(0, m, m_chunk):
+        j1 = min(j0 + m_chunk, m)
+        with members.enter(j0, j1):
+            for n0 in range(0, n, b_chunk):
+                n1 = min(n0 + b_chunk, n)
+                logp = _stacked_logprobs(model, x[n0:n1].to(device), j1 - j0)
+                if out is None:
+                    out = torch.empty(m, n, logp.shape[-1], dtype=torch.float32)
+                out[j0:j1, n0:n1] = logp
+    if out is None:
+        raise ConfigError("predict got no inputs (x has 0 rows); give at least one example")
+    return out
+
+
+def _stacked_logprobs(model: nn.Module, xb: Tensor, m: int) -> Tensor:
+    """``[m, b, C]`` float32 CPU log-probabilities of ``m`` stacked passes over the chunk ``xb``.
+
+    ``log_softmax`` runs in float32, or float64 for a float64 model, before the float32 copy.
+    """
+    logits = model(stack(xb, m))
+    if logits.dim() != 2 or logits.shape[0] != m * len(xb):
+        raise ConfigError(
+            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for "
+            f"{m} x {len(xb)} stacked rows; expected ({m * len(xb)}, C) in the (m b) layout"
+        )
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return unstack(logp, m).float().cpu()
