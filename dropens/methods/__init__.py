@@ -4,7 +4,9 @@
 - ``dropout``: masks sampled per example and step (objective ``member`` or ``ensemble``);
 - ``subnets``: ``K`` fixed-mask subnetworks sharing every weight (batching ``repeat`` or
   ``partition``, objective ``member`` or ``ensemble``);
-- ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``).
+- ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``);
+- ``explicit``: no masks: the deterministic pass plus dropout's explicit regularizer at every
+  dropout site (Wei, Kakade & Ma 2020).
 
 Every method declares its test-time evaluation plan in ``eval_strategies`` (see
 :func:`dropens.evaluation.evaluate`).
@@ -16,11 +18,12 @@ from dropens.errors import bad_choice
 from dropens.methods.base import Method
 from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
+from dropens.methods.explicit import Explicit
 from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble)
+    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit)
 }
 
 
@@ -35,6 +38,7 @@ __all__ = [
     "METHODS",
     "DropoutMethod",
     "Ensemble",
+    "Explicit",
     "Method",
     "Plain",
     "StackedEnsemble",

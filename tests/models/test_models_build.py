@@ -281,3 +281,18 @@ def test_other_config_errors_are_one_line():
     # block larger than the last feature map of cnn1d (length 5): caught at build time.
     message = one_line_error(lambda: build("cnn1d", spec(structure="block", block_size=6)))
     assert "dropout.block_size=6" in message and "conv.2" in message
+
+
+def test_residual_mlp_is_the_published_mnist1d_reference():
+    """``+model.residual=true``: the mnist1d repo's MLP, h2 = h1 + ReLU(W2 h1 + b2)."""
+    from dropens.models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP((1, 40), 10, widths=(100, 100), residual=True).eval()
+    plain = MLP((1, 40), 10, widths=(100, 100))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    x = torch.randn(5, 1, 40)
+    h1 = torch.relu(linears[0](x.flatten(1)))
+    h2 = h1 + torch.relu(linears[1](h1))
+    torch.testing.assert_close(model(x), linears[2](h2))
