@@ -39,7 +39,22 @@ from dropens.config import compose, config_dir, to_container
 from dropens.errors import ConfigError, bad_choice
 from dropens.results import RunRecord
 
-STUDY_KEYS = ("claim", "setup", "report", "overrides", "seeds", "grid", "smoke", "figures")
+STUDY_KEYS = (
+    "claim",
+    "setup",
+    "report",
+    "overrides",
+    "seeds",
+    "grid",
+    "smoke",
+    "figures",
+    "predictions",
+    "anchors",  # YAML anchors the grid refers to (not overrides themselves)
+)
+# A grid value "@<study>/<group>/<method>/<key>" is the value the report of study <study> selected
+# (reports/<study>/selected.yaml, written by `dropens report <study>`: e.g. readings_tune chooses
+# every method's hyper-parameter on validation data).
+SELECTED_FILE = "selected.yaml"
 # Study-level overrides of the command line (not run config): which seeds, the tiny form, launcher.
 STUDY_OVERRIDES = ("seeds", "smoke", "launcher")
 
@@ -51,6 +66,11 @@ def experiments_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise ConfigError(f"no experiments/ directory found next to {here}; reinstall dropens")
+
+
+def reports_dir() -> Path:
+    """``reports/`` beside ``experiments/`` (where study selections are committed)."""
+    return experiments_dir().parent / "reports"
 
 
 def study_names() -> list[str]:
@@ -71,16 +91,47 @@ class Study:
     grid: list[dict[str, Any]]
     smoke: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    predictions: dict[str, Any] = field(default_factory=dict)  # pre-registered (readings)
 
     def blocks(self) -> list[list[str]]:
-        """The grid as override lists, one per grid point (seeds not included)."""
+        """The grid as override lists, one per grid point (seeds not included); ``@`` values
+        resolved (:func:`selected_value`)."""
         points: list[list[str]] = []
         for block in self.grid:
             keys = list(block)
-            values = [v if isinstance(v, list) else [v] for v in block.values()]
+            values = [
+                [selected_value(x) for x in (v if isinstance(v, list) else [v])]
+                for v in block.values()
+            ]
             for combo in itertools.product(*values):
                 points.append([f"{k}={_override_value(v)}" for k, v in zip(keys, combo)])
         return points
+
+
+def selected_value(value: Any) -> Any:
+    """``value``, or for ``"@<study>/<group>/<method>/<key>"`` the value that study's report
+    selected (``reports/<study>/selected.yaml`` beside ``experiments/``).
+
+    Raises:
+        ConfigError: the selection is not there yet (one line: which report to run first).
+    """
+    if not (isinstance(value, str) and value.startswith("@")):
+        return value
+    parts = value[1:].split("/", 3)
+    if len(parts) != 4:
+        raise ConfigError(
+            f"grid value {value!r} is not valid; a selection reads @<study>/<group>/<method>/<key>"
+        )
+    study, group, method, key = parts
+    path = reports_dir() / study / SELECTED_FILE
+    chosen = yaml.safe_load(path.read_text()) if path.exists() else None
+    try:
+        return chosen[group][method][key]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"grid value {value!r}: no selection in {path}; run `dropens study {study}` and "
+            f"`dropens report {study}` first"
+        ) from None
 
 
 def _override_value(value: Any) -> str:
@@ -120,6 +171,7 @@ def load_study_file(name: str) -> Study:
         grid=grid,
         smoke=[str(o) for o in raw.get("smoke", [])],
         figures=[str(f) for f in raw.get("figures", [])],
+        predictions=dict(raw.get("predictions") or {}),
     )
 
 

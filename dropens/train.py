@@ -204,13 +204,23 @@ def check_early_stopping(config: Mapping[str, Any], batches_per_epoch: int) -> N
     value = config.get("early_stopping", False)
     if not isinstance(value, bool):
         raise ConfigError(f"early_stopping={value!r} is not valid; choose one of: true, false")
-    every = int(config["trainer"].get("check_val_every_n_epoch") or 1)
-    steps = int(config["trainer"].get("max_steps", -1))
-    if value and steps > 0 and every * batches_per_epoch > steps:
+    trainer = config["trainer"]
+    steps = int(trainer.get("max_steps", -1))
+    every = trainer.get("check_val_every_n_epoch")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool):
+        # every `interval` steps (across epochs when check_val_every_n_epoch is None)
+        first = interval + (0 if every is None else (int(every) - 1) * batches_per_epoch)
+    else:  # a fraction of the epoch (default 1.0) in every `every`-th epoch
+        fraction = 1.0 if interval is None else float(interval)
+        first = (int(every or 1) - 1) * batches_per_epoch + max(
+            1, int(fraction * batches_per_epoch)
+        )
+    if value and steps > 0 and first > steps:
         raise ConfigError(
-            f"early_stopping=true selects by validation NLL, but trainer.check_val_every_n_epoch="
-            f"{every} validates after {every * batches_per_epoch} steps, beyond the {steps}-step "
-            f"budget; validate more often"
+            f"early_stopping=true selects by validation NLL, but the first validation comes after "
+            f"{first} steps (trainer.check_val_every_n_epoch / val_check_interval), beyond the "
+            f"{steps}-step budget; validate more often"
         )
 
 

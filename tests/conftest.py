@@ -27,3 +27,27 @@ def assert_rejected(tmp_path, capsys):
         assert not any(tmp_path.iterdir()), "a rejected run must not write anything"
 
     return check
+
+
+@pytest.fixture
+def selection(tmp_path, monkeypatch):
+    """A ``reports/readings_tune/selected.yaml`` with a value for every arm and method of
+    ``experiments/readings.yaml`` (which reads the tuning stage's selection), in a temporary
+    reports directory: studies whose grid has ``@`` values expand against it."""
+    import yaml
+
+    from dropens import study
+
+    root = tmp_path / "reports"
+    (root / "readings_tune").mkdir(parents=True)
+    methods = {
+        "plain": {"optim.weight_decay": 0.01},
+        "dropout": {"dropout.p": 0.1},
+        "explicit": {"dropout.p": 0.2},
+    }
+    arms = ("mnist1d_mlp", "mnist1d_cnn1d", "fashion_mnist_mlp")
+    (root / "readings_tune" / study.SELECTED_FILE).write_text(
+        yaml.safe_dump({arm: methods for arm in arms})
+    )
+    monkeypatch.setattr(study, "reports_dir", lambda: root)
+    return root

@@ -19,15 +19,30 @@ from dropens.study import Study, expand, load_study_file, study_names
 TINY = ["smoke=true", "logger=csv"]
 
 
-def test_every_study_file_expands_to_valid_unique_runs(tmp_path):
+def test_every_study_file_expands_to_valid_unique_runs(tmp_path, selection):
     assert {"quickstart", "magnitude", "ensemble_view"} <= set(study_names())
+    results = tmp_path / "results"
     for name in study_names():
-        plan = expand(name, [f"results_root={tmp_path}"])
+        plan = expand(name, [f"results_root={results}"])
         paths = [r.path for r in plan.records()]
         assert len(paths) == len(set(paths)) > 0, name
         assert all(c["study"] == name for c in plan.runs)
         assert sorted({c["seed"] for c in plan.runs}) == load_study_file(name).seeds
-    assert not any(tmp_path.iterdir()), "expanding a study must not write anything"
+    assert not results.exists(), "expanding a study must not write anything"
+
+
+def test_a_grid_value_selected_by_another_study_is_read_from_its_selection(tmp_path, selection):
+    """readings evaluates each method at the value readings_tune selected on validation data."""
+    plan = expand("readings", [f"results_root={tmp_path}"])
+    assert len(plan.runs) == 3 * 4 * 10  # arms x (plain, dropout, explicit, ensemble) x seeds
+    by_method = {c["method"]["name"]: c for c in plan.runs if c["model"]["name"] == "cnn1d"}
+    assert by_method["plain"]["optim"]["weight_decay"] == 0.01
+    assert by_method["ensemble"]["optim"]["weight_decay"] == 0.01  # the plain's selection
+    assert by_method["dropout"]["dropout"]["p"] == 0.1
+    assert by_method["explicit"]["dropout"]["p"] == 0.2
+    (selection / "readings_tune" / "selected.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"no selection in .*run `dropens study readings_tune`"):
+        expand("readings", [f"results_root={tmp_path}"])
 
 
 def test_quickstart_grid_is_conditional_and_overrides_win(tmp_path):

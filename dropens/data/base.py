@@ -24,7 +24,10 @@ change; studies add them with ``+data.<field>=...``):
   shape (e.g. ``mnist5k`` for Fashion-MNIST), normalized with *this* set's statistics; its labels
   are its own classes, never scored.
 
-``eval_limit: n`` keeps the first ``n`` examples of every one of them.
+``eval_limit: n`` keeps the first ``n`` examples of every one of them. ``train_limit: n`` trains
+on a stratified subset of ``n`` examples of the training split (after the validation split is
+carved, so validation and test are unchanged; a pure function of ``split_seed``): an over-fitting
+regime from a large data set.
 """
 
 from __future__ import annotations
@@ -46,10 +49,10 @@ from dropens.data.loader import AUGMENTATIONS, TensorLoader
 from dropens.errors import ConfigError, bad_choice, check_choice
 
 DEFAULT_ROOT = "~/.cache/dropens/data"
-VAL_STREAM, TEST_STREAM = 0, 1  # independent random streams of one split_seed
+VAL_STREAM, TEST_STREAM, TRAIN_STREAM = 0, 1, 2  # independent random streams of one split_seed
 # fields absent from configs/data/*.yaml (studies add them with `+data.<field>=...`), so that the
 # run ids of ordinary configs, which hash the resolved config, do not change
-OPTIONAL_FIELDS = ("eval_limit", "eval_val", "eval_shift", "eval_ood")
+OPTIONAL_FIELDS = ("eval_limit", "eval_val", "eval_shift", "eval_ood", "train_limit")
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
@@ -142,6 +145,8 @@ class TensorDataModule(L.LightningDataModule):
         eval_shift: corruptions (:data:`dropens.data.shift.CORRUPTIONS`, or ``all``) whose
             shifted test sets ``<corruption>_<severity>`` are offered (images only).
         eval_ood: name of the data set whose test split is offered as eval set ``ood``.
+        train_limit: train on a stratified subset of this many training examples (module
+            docstring); standardization statistics come from that subset.
         seed: training seed: order of training batches and augmentation draws.
     """
 
@@ -166,6 +171,7 @@ class TensorDataModule(L.LightningDataModule):
         eval_val: bool = False,
         eval_shift: str | Sequence[str] | None = None,
         eval_ood: str | None = None,
+        train_limit: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -191,6 +197,9 @@ class TensorDataModule(L.LightningDataModule):
         self.eval_val = eval_val
         self.eval_shift = self._check_shift(eval_shift)
         self.eval_ood = self._check_ood(eval_ood)
+        self.train_limit = (
+            None if train_limit is None else _check_positive_int("data.train_limit", train_limit)
+        )
         self._extra_sets: dict[str, tuple[Tensor, Tensor]] | None = None  # built once, on demand
         self.seed = int(seed)
         self.x_train: Tensor | None = None
@@ -257,6 +266,16 @@ class TensorDataModule(L.LightningDataModule):
         keep, take = torch.from_numpy(keep), torch.from_numpy(take)
         x_val, y_val = x_train[take], y_train[take]
         x_train, y_train = x_train[keep], y_train[keep]
+        if self.train_limit is not None:
+            if self.train_limit > len(y_train):
+                raise ConfigError(
+                    f"data.train_limit={self.train_limit} is larger than the {len(y_train)} "
+                    f"training examples of data.name={self.name!r}"
+                )
+            _, subset = stratified_split(
+                y_train, self.train_limit / len(y_train), self.split_seed, TRAIN_STREAM
+            )
+            x_train, y_train = x_train[torch.from_numpy(subset)], y_train[torch.from_numpy(subset)]
         channels = x_train.shape[1]
         if self.standardize:
             dims = [d for d in range(x_train.dim()) if d != 1]

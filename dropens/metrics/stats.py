@@ -302,3 +302,56 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = adjusted
     return out
+
+
+def margin_tests(a: ArrayLike, b: ArrayLike, delta: float, alpha: float = 0.05) -> dict[str, float]:
+    """Paired tests of ``d = a - b`` against an equivalence margin ``delta > 0`` chosen before the
+    data: equivalence by TOST (Schuirmann 1987) and the one-sided tests beyond the margin.
+
+    With ``n`` pairs, mean ``d̄``, standard error ``se = std(d) / sqrt(n)`` and ``n - 1`` degrees
+    of freedom, the four one-sided p-values are those of ``scipy.stats.ttest_1samp(d, m,
+    alternative=...)``:
+
+    - ``p_above_low``  = P(t >= (d̄ + delta) / se): evidence that ``d > -delta`` (non-inferiority of ``a``);
+    - ``p_below_high`` = P(t <= (d̄ - delta) / se): evidence that ``d < +delta``;
+    - ``p_tost`` = max of the two: equivalence, ``-delta < d < delta``; ``p_tost < alpha`` iff the
+      ``1 - 2 alpha`` (90%) t-interval lies inside ``(-delta, delta)``;
+    - ``p_below_low``  = P(t <= (d̄ + delta) / se): ``d < -delta`` (``a`` lower by more than the margin);
+    - ``p_above_high`` = P(t >= (d̄ - delta) / se): ``d > +delta`` (``a`` higher by more than the margin).
+
+    Returns:
+        ``{"n", "mean_diff", "se", "ci90_low", "ci90_high", "p_tost", "p_above_low",
+        "p_below_high", "p_below_low", "p_above_high", "equivalent"}`` (``equivalent`` is 1.0 or
+        0.0 at level ``alpha``); NaN p-values and interval for fewer than 2 pairs or no spread.
+    """
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
+        raise ConfigError(f"delta={delta!r} is not valid; the margin must be a number > 0")
+    a, b = _pair(a, b)
+    d = a - b
+    n = d.size
+    nan = float("nan")
+    out = {"n": float(n), "mean_diff": float(np.mean(d)) if n else nan}
+    keys = ("se", "ci90_low", "ci90_high", "p_tost", "p_above_low", "p_below_high")
+    keys += ("p_below_low", "p_above_high", "equivalent")
+    if n < 2 or np.all(d == d[0]):
+        return {**out, **{k: nan for k in keys}}
+    se = float(np.std(d, ddof=1) / np.sqrt(n))
+    df = n - 1
+    t_low = (out["mean_diff"] + delta) / se
+    t_high = (out["mean_diff"] - delta) / se
+    p_above_low, p_below_low = float(st.t.sf(t_low, df)), float(st.t.cdf(t_low, df))
+    p_below_high, p_above_high = float(st.t.cdf(t_high, df)), float(st.t.sf(t_high, df))
+    half = float(st.t.ppf(1 - alpha, df)) * se
+    p_tost = max(p_above_low, p_below_high)
+    return {
+        **out,
+        "se": se,
+        "ci90_low": out["mean_diff"] - half,
+        "ci90_high": out["mean_diff"] + half,
+        "p_tost": p_tost,
+        "p_above_low": p_above_low,
+        "p_below_high": p_below_high,
+        "p_below_low": p_below_low,
+        "p_above_high": p_above_high,
+        "equivalent": float(p_tost < alpha),
+    }

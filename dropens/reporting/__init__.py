@@ -42,6 +42,8 @@ from dropens.reporting import (
     mask_distributions,
     mc_samples,
     quickstart,
+    readings,
+    readings_tune,
     reference,
     shift,
     shortcut,
@@ -62,6 +64,8 @@ BUILDERS: dict[str, Builder] = {
     "shortcut": shortcut.build,
     "shift": shift.build,
     "reference": reference.build,
+    "readings_tune": readings_tune.build,
+    "readings": readings.build,
 }
 
 

