@@ -26,13 +26,52 @@ def dropout_layers(model: nn.Module) -> list[Dropout]:
 
 
 def require_layers(model: nn.Module, what: str) -> list[Dropout]:
-    layers = [m for m in dropout_layers(model) if m.p > 0]
-    if not layers:
+    """The dropout layers of ``model`` with ``p > 0``, which ``what`` (e.g. ``"MC dropout"``) needs.
+
+    Raises:
+        ConfigError: none, in one line that says which of two different things is wrong: the
+            model *has* dropens dropout layers, all at ``p = 0`` (set ``dropout.p > 0``); or it has
+            *no* dropens dropout layer at all, whatever ``dropout.p`` is, because its selected
+            dropout sites do not occur in this architecture (e.g. ``model=mlp model.widths=[]``
+            with the default site ``hidden``: no hidden layer), or it was not built with
+            :class:`dropens.layers.Dropout`. Names the model class and the sites.
+    """
+    layers = dropout_layers(model)
+    live = [m for m in layers if m.p > 0]
+    if live:
+        return live
+    name = type(model).__name__
+    backbone = next((m for m in model.modules() if hasattr(m, "selected_sites")), None)
+    if backbone is not None and backbone is not model:
+        name += f" (backbone {type(backbone).__name__})"
+    if layers:
+        sites = ", ".join(m.site for m in layers)
         raise ConfigError(
-            f"{what} needs dropout, but {type(model).__name__} has no dropens Dropout layer with p > 0 "
-            "(it would silently run the deterministic pass); set dropout.p > 0"
+            f"{what} needs dropout, but every dropens Dropout layer of {name} ({len(layers)}: "
+            f"{sites}) has p=0, so it would silently run the deterministic pass; set dropout.p > 0"
         )
-    return layers
+    if backbone is not None:
+        selected = list(backbone.selected_sites)
+        occurs = getattr(backbone, "_occurrences", {})  # site -> occurrences in the architecture
+        present = [s for s in backbone.dropout_sites if occurs.get(s, 0) > 0]
+        p = getattr(backbone, "_spec", {}).get("p")
+        p_text = f"dropout.p={p} is not the problem" if p else "dropout.p alone cannot fix it"
+        raise ConfigError(
+            f"{what} needs dropout, but {name} has no dropout layer at all: none of its selected "
+            f"dropout sites {selected} (model.dropout_sites) occurs in this architecture, so "
+            f"{p_text}; select a site it has ({', '.join(present) or 'none'}), or change the "
+            "architecture so that a selected site occurs"
+        )
+    torch_dropout = sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+    also = (
+        f" (its {torch_dropout} torch.nn dropout layer(s) are not switched by dropens)"
+        if torch_dropout
+        else ""
+    )
+    raise ConfigError(
+        f"{what} needs dropout, but {name} has no dropens.layers.Dropout layer at all{also}, "
+        "so dropout.p is not the problem; build it with dropens.layers.Dropout at p > 0"
+    )
 
 
 @contextmanager

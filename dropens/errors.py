@@ -1,4 +1,8 @@
-"""One exception type for bad input, so the CLI can print it as one line before training starts."""
+"""One exception type for bad input, so the CLI can print it as one line before training starts.
+
+:class:`InputError` is the :class:`ConfigError` of bad values given to the Python API (tensors that
+are not probabilities, a seed that is not an integer): the CLI prints it the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,16 @@ from collections.abc import Iterable
 
 class ConfigError(ValueError):
     """Bad user input: the message is one line naming the field, the bad value and the valid choices."""
+
+
+class InputError(ConfigError):
+    """Bad values in what the Python API was given (tensors, seeds), not in a config file.
+
+    A :class:`ConfigError` (so ``dropens`` on the command line prints it as one ``error:`` line,
+    and ``except ConfigError`` / ``except ValueError`` catch it), kept apart so a caller can tell
+    "this tensor holds NaN or does not sum to 1" from "this config value is not valid". The
+    message is one line naming the argument, what is wrong with it and what is valid.
+    """
 
 
 def bad_choice(field: str, value: object, choices: Iterable[object]) -> ConfigError:

@@ -24,6 +24,7 @@ Use :mod:`dropens.control` to switch every layer of a model at once.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -31,12 +32,34 @@ import torch
 from torch import Tensor, nn
 
 from dropens import masks
-from dropens.errors import ConfigError, bad_choice
+from dropens.errors import ConfigError, InputError, bad_choice
 from dropens.layout import unstack
 
 MODES = ("sample", "member", "off")
 # What the ``off`` mode multiplies by when ``Dropout.eval_multiplier`` is set (None: by ``scale``).
 EVAL_MULTIPLIERS = masks.EVAL_MULTIPLIERS
+SEED_RANGE = 2**63  # layer seeds are int64 buffers: valid seeds are integers in [0, 2**63)
+
+
+def check_seed(seed: object) -> int:
+    """A layer seed as ``int``: an integer (Python, NumPy or 0-dim integer tensor, not a bool) in
+    ``[0, 2**63)``.
+
+    Raises:
+        InputError: one line naming ``seed``, the bad value and what is valid.
+    """
+    valid = "choose an integer in [0, 2**63), or None to draw one from the global RNG"
+    if isinstance(seed, bool):
+        raise InputError(f"Dropout seed={seed!r} is not valid (a bool); {valid}")
+    try:
+        value = operator.index(seed)  # type: ignore[arg-type]
+    except TypeError:
+        raise InputError(
+            f"Dropout seed={seed!r} is not valid (a {type(seed).__name__}); {valid}"
+        ) from None
+    if not 0 <= value < SEED_RANGE:
+        raise InputError(f"Dropout seed={value} is not valid (out of range); {valid}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,9 @@ class Dropout(nn.Module):
         scale: ``inverted`` (divide by keep in training) | ``none`` (weight scaling at eval).
         block_size: DropBlock width (``structure="block"``).
         share_channels: ``block`` only: one block mask for all channels of an example.
-        seed: layer seed for member masks (default: drawn from the global RNG at construction, so
-            it follows the run's seed); stored as a buffer and saved in checkpoints.
+        seed: layer seed for member masks, an integer in ``[0, 2**63)`` (default: drawn from the
+            global RNG at construction, so it follows the run's seed); stored as an int64 buffer
+            and saved in checkpoints.
         site: a readable name of where the layer sits (used in error messages).
 
     Shapes: input ``(N, F)`` (``element`` only) or ``(N, C, *spatial)``; output the same.
@@ -92,6 +116,12 @@ class Dropout(nn.Module):
     ) -> None:
         super().__init__()
         masks.validate_spec(p, dist, structure, scale, block_size)
+        if not isinstance(share_channels, bool):
+            raise ConfigError(
+                f"dropout.share_channels={share_channels!r} is not valid; choose one of: "
+                "true, false"
+            )
+        seed = None if seed is None else check_seed(seed)
         self.p = float(p)
         self.dist = dist
         self.structure = structure
@@ -101,7 +131,7 @@ class Dropout(nn.Module):
         self.site = site
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64))
+        self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
         self.switch = Switch()  # runtime switches (mode, members, ...): dropens.control sets them
         self.n_members: int | None = None  # set by methods with a finite family (subnets)
         self._bank_cache: dict[tuple, Tensor] = {}

@@ -12,6 +12,7 @@ from torch import nn
 from dropens import control
 from dropens.errors import ConfigError
 from dropens.layers import Dropout
+from dropens.models.mlp import MLP
 
 
 def make_model() -> nn.Sequential:
@@ -176,6 +177,64 @@ def test_switch_without_dropout_raises_one_line_config_error(switch, model_fn):
     with pytest.raises(ConfigError) as error, switch(model_fn()):
         pytest.fail("entered a switch on a model without dropout")
     assert_one_line_about_dropout(error)
+
+
+@pytest.mark.parametrize("what", ["MC dropout", "member masks", "exhaustive inference"])
+def test_model_whose_dropout_sites_are_absent_says_so_not_set_p(what):
+    # model=mlp model.widths=[] keeps the default site `hidden`: there is no hidden layer, so no
+    # dropout layer exists; p=0.1 is fine and "set dropout.p > 0" would be wrong advice
+    model = MLP((40,), 10, dropout={"p": 0.1}, widths=[])
+    assert control.dropout_layers(model) == []
+    with pytest.raises(ConfigError) as error:
+        control.require_layers(model, what)
+    message = str(error.value)
+    assert "\n" not in message
+    for fragment in (
+        f"{what} needs dropout",
+        "MLP",
+        "no dropout layer at all",
+        "['hidden']",
+        "model.dropout_sites",
+        "dropout.p=0.1 is not the problem",
+        "input, head",
+    ):
+        assert fragment in message, (fragment, message)
+    assert "set dropout.p > 0" not in message
+    with pytest.raises(ConfigError, match=r"dropout\.p=0\.1 is not the problem"), control.mc(model):
+        pytest.fail("entered MC on a model without dropout layers")
+
+
+def test_model_whose_dropout_layers_are_all_at_p_zero_says_set_p():
+    model = MLP((40,), 10, dropout={"p": 0.0}, widths=[8, 8])
+    assert [m.p for m in control.dropout_layers(model)] == [0.0, 0.0]
+    with pytest.raises(ConfigError) as error:
+        control.require_layers(model, "MC dropout")
+    message = str(error.value)
+    assert "\n" not in message
+    for fragment in (
+        "MC dropout needs dropout",
+        "MLP",
+        "hidden.0, hidden.1",
+        "p=0",
+        "set dropout.p > 0",
+    ):
+        assert fragment in message, (fragment, message)
+    assert "no dropout layer at all" not in message
+
+
+def test_wrapped_backbone_without_dropout_sites_is_named():
+    model = nn.Sequential(MLP((40,), 10, dropout={"p": 0.2}, widths=[]))
+    with pytest.raises(ConfigError, match=r"Sequential \(backbone MLP\).*p=0.2 is not the"):
+        control.require_layers(model, "MC dropout")
+
+
+def test_plain_torch_model_is_told_to_use_dropens_dropout():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    with pytest.raises(ConfigError) as error:
+        control.require_layers(model, "MC dropout")
+    message = str(error.value)
+    for fragment in ("Sequential", "no dropens.layers.Dropout", "1 torch.nn dropout layer"):
+        assert fragment in message, (fragment, message)
 
 
 def test_deterministic_without_dropout_is_a_no_op():

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -22,7 +23,7 @@ from torch import nn
 
 import dropens
 from dropens import masks
-from dropens.errors import ConfigError
+from dropens.errors import ConfigError, InputError
 from dropens.layers import Dropout
 
 PS = (0.1, 0.3, 0.5, 0.8)
@@ -423,6 +424,44 @@ def test_bad_spec_raises_one_line_config_error(kwargs, fragments):
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize(
+    ("seed", "why"),
+    [
+        ("x", "a str"),
+        ("7", "a str"),
+        (1.5, "a float"),
+        (3.0, "a float"),
+        (float("nan"), "a float"),
+        (True, "a bool"),
+        (False, "a bool"),
+        (-1, "out of range"),
+        (2**63, "out of range"),
+        (2**64, "out of range"),
+        (torch.tensor(1.0), "a Tensor"),
+        ([1], "a list"),
+    ],
+)
+def test_bad_seed_raises_one_line_error_naming_seed(seed, why):
+    with pytest.raises(InputError) as info:
+        Dropout(0.3, seed=seed)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in ("seed=", why, "[0, 2**63)", "None"):
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2**63 - 1, np.int64(9), torch.tensor(4)])
+def test_integer_seeds_in_range_are_accepted(seed):
+    layer = Dropout(0.3, seed=seed)
+    assert int(layer.seed) == int(seed) and layer.seed.dtype == torch.int64
+
+
+def test_share_channels_must_be_a_bool():
+    with pytest.raises(ConfigError, match=r"dropout.share_channels='yes'.*true, false"):
+        Dropout(0.3, structure="block", block_size=2, share_channels="yes")
 
 
 @pytest.mark.parametrize("training", (True, False))

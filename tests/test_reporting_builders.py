@@ -208,8 +208,55 @@ def test_mc_samples_build(tmp_path):
     assert section.figures == ["error_vs_T"] and (tmp_path / "error_vs_T.png").exists()
     crossing = pd.read_csv(tmp_path / "crossing.csv")
     assert list(crossing["p"]) == [0.1, 0.5]
-    assert "MC T=128 - WS" in crossing and "MC - WS not significant from T" in crossing
-    assert len(pd.read_csv(tmp_path / "error_vs_T.csv")) == 2 * (1 + len(sizes))
+    assert "MC T=128 - WS" in crossing and mc_samples.CROSS_PAIRED in crossing
+    assert "not significantly worse" in mc_samples.CROSS_PAIRED
+    curve = pd.read_csv(tmp_path / "error_vs_T.csv")
+    assert len(curve) == 2 * (1 + len(sizes))
+    # records without temperature scaling: no TS column or row, one line that says so
+    assert not any("temperature-scaled" in c for c in curve.columns)
+    omitted = [ln for ln in section.results if ln.startswith("Temperature-scaled weight scaling")]
+    assert len(omitted) == 1 and "omitted" in omitted[0]
+
+
+def test_mc_samples_temperature_scaled_weight_scaling(tmp_path):
+    """With ``deterministic_ts`` (and ``mc<T>_ts`` at the headline T) in the records: MC NLL at every
+    T minus the temperature-scaled deterministic pass, paired by seed (hand-computed)."""
+    rng = np.random.default_rng(5)
+    sizes = [1, 2, 4, 8]
+    rows = []
+    for p in (0.1, 0.5):
+        for seed in SEEDS:
+            row = {"cfg.method.name": "dropout", "cfg.dropout.p": p, "cfg.seed": seed}
+            row |= {"cfg.eval.mc_samples": 8}
+            row |= _metrics(rng, ["deterministic", *map(keys.mc_label, sizes)], 0.88)
+            for label in ("deterministic", "mc8"):
+                for m in ("acc", "nll"):
+                    shift = -0.05 - 0.01 * seed if m == "nll" else 0.0
+                    row[keys.test("clean", keys.ts_label(label), m)] = (
+                        row[keys.test("clean", label, m)] + shift
+                    )
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    section = mc_samples.build(df, tmp_path)
+    curve = pd.read_csv(tmp_path / "error_vs_T.csv")
+    column = "NLL: MC - weight scaling, temperature-scaled"
+    assert column in curve
+    assert len(curve) == 2 * (1 + 1 + len(sizes) + 1)  # WS, WS-TS, every T, MC-TS at T=8
+    runs = df[df["cfg.dropout.p"] == 0.1]
+    nll = lambda label: runs[keys.test("clean", label, "nll")].to_numpy()  # noqa: E731
+    d = stats.paired_difference(nll("mc8"), nll("deterministic_ts"))
+    row = curve[(curve["p"] == 0.1) & (curve["evaluation"] == "MC dropout") & (curve["T"] == "8")]
+    assert row[column].item() == common.fmt_paired(d, 4)
+    both = stats.paired_difference(nll("mc8_ts"), nll("deterministic_ts"))
+    scaled = curve[(curve["p"] == 0.1) & (curve["evaluation"] == "MC dropout, temperature-scaled")]
+    assert scaled[column].item() == common.fmt_paired(both, 4)
+    assert (
+        curve.loc[curve["evaluation"] == "weight scaling, temperature-scaled", "T"] == "-"
+    ).all()
+    line = next(ln for ln in section.results if ln.startswith("p=0.1: NLL of MC T=8 minus"))
+    assert f"): {common.fmt_paired(d, 4)}, paired over 3 seeds" in line
+    assert f"both temperature-scaled, MC T=8 - weight scaling: {common.fmt_paired(both, 4)}" in line
+    assert not any(ln.startswith("Temperature-scaled weight scaling") for ln in section.results)
 
 
 def test_headline_t_comes_from_the_records(tmp_path):
@@ -261,3 +308,86 @@ def test_mc_and_prefix_sizes_parse_the_keys():
     assert common.mc_sizes(df, set_name="rotate_3") == [64]
     assert ensemble_view._prefix_sizes(df, "acc") == [2, 3]
     assert ensemble_view._prefix_sizes(df, "ece") == []
+
+
+def _ensemble_view_runs() -> pd.DataFrame:
+    """Two architectures x 3 seeds: plain, dropout (MC T = 1, 2, 4, 8, 32), the ensemble objective,
+    subnets K = 1, 2, 4, 8 and an ensemble of 4 (with its first 1-3 members)."""
+    rng = np.random.default_rng(4)
+    rows = []
+
+    def evaluation(label: str, acc: float, members: int) -> dict[str, float]:
+        row = {
+            keys.test("clean", label, "acc"): acc + rng.normal(0, 0.004),
+            keys.test("clean", label, "nll"): 1.2 - acc + rng.normal(0, 0.004),
+            keys.test("clean", label, "ece"): abs(rng.normal(0.03, 0.005)),
+        }
+        if members > 1:
+            member = acc - 0.02 + rng.normal(0, 0.004)
+            row[keys.test("clean", label, "member_acc")] = member
+            row[keys.test("clean", label, "member_nll")] = 1.25 - member
+            row[keys.test("clean", label, "disagreement")] = (1 - member) * (
+                0.4 + 0.1 * np.log2(members) + rng.normal(0, 0.02)
+            )
+        return row
+
+    for data, model in (("mnist1d", "mlp"), ("mnist1d", "cnn1d")):
+        for seed in SEEDS:
+            base = {"cfg.data.name": data, "cfg.model.name": model, "cfg.seed": seed}
+            base |= {"cfg.eval.mc_samples": 32, "cfg.method.objective": None}
+            rows.append(base | {"cfg.method.name": "plain"} | evaluation("deterministic", 0.8, 1))
+            for objective in (None, "ensemble"):
+                row = base | {"cfg.method.name": "dropout", "cfg.method.objective": objective}
+                row |= evaluation("deterministic", 0.84, 1)
+                for t in (1, 2, 4, 8, 32):
+                    row |= evaluation(keys.mc_label(t), 0.82 + 0.005 * np.log2(t), t)
+                rows.append(row)
+            for k in (1, 2, 4, 8):
+                row = base | {"cfg.method.name": "subnets", "cfg.method.k": k}
+                rows.append(row | evaluation("members", 0.81 + 0.006 * np.log2(k), k))
+            row = base | {"cfg.method.name": "ensemble", "cfg.method.k": 4}
+            for m in (1, 2, 3):
+                row |= evaluation(keys.prefix_label(m), 0.82 + 0.01 * np.log2(m), m)
+            rows.append(row | evaluation("members", 0.84, 4))
+    return pd.DataFrame(rows)
+
+
+def test_ensemble_view_decomposition_and_matched_diversity(tmp_path):
+    df = _ensemble_view_runs()
+    section = ensemble_view.build(df, tmp_path)
+    assert section.figures == ["k_spectrum", "decomposition", "members_curve", "diversity_plane"]
+    for stem in section.figures:
+        assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
+    assert section.tables == ["decomposition", "summary"]
+    # the decomposition: deterministic pass - plain, + MC - deterministic, their sum; one mask apart
+    drop = df[(df["cfg.method.name"] == "dropout") & df["cfg.method.objective"].isna()]
+    drop = drop[drop["cfg.model.name"] == "mlp"]
+    plain = df[(df["cfg.method.name"] == "plain") & (df["cfg.model.name"] == "mlp")]
+    parts = ensemble_view.decomposition_parts(drop, plain, 32, "nll")
+    names = list(parts)
+    assert "regulari" not in " ".join(names)
+    assert names[0].startswith("deterministic (weight-scaled) pass") and "MC T=32" in names[1]
+    np.testing.assert_allclose(parts[names[0]] + parts[names[1]], parts[names[2]])
+    det = drop[keys.test("clean", "deterministic", "nll")].to_numpy()
+    ref = plain[keys.test("clean", "deterministic", "nll")].to_numpy()
+    np.testing.assert_allclose(parts[names[0]], det - ref)
+    assert names[3].startswith("reference: one random subnetwork (a noisy evaluation")
+    table = pd.read_csv(tmp_path / "decomposition.csv")
+    assert len(table) == 2 * 2 * 4  # architecture x metric x term
+    assert not table["term"].str.contains("regulari").any()
+    # matched member counts: MC T = C against C trained members (C = 2, 4, 8; 3 has no MC)
+    points = ensemble_view.matched_points(
+        df.assign(kind=[ensemble_view._kind(r) for _, r in df.iterrows()]), "mnist1d", "mlp"
+    )
+    counts = {(method, c) for method, c, _, _ in points}
+    assert {("dropout", 2), ("dropout", 4), ("dropout", 8)} <= counts
+    assert ("ensemble", 4) in counts and ("ensemble", 3) not in counts
+    assert ("dropout", 32) not in counts and ("subnets", 1) not in counts
+    line = next(ln for ln in section.results if "MNIST-1D MLP: disagreement / (1 - member" in ln)
+    ens = df[(df["cfg.method.name"] == "ensemble") & (df["cfg.model.name"] == "mlp")]
+    nd = ens[keys.test("clean", "members", "disagreement")] / (
+        1 - ens[keys.test("clean", "members", "member_acc")]
+    )
+    s = stats.summarize(nd.to_numpy())
+    assert f"ensemble K=4 {s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" in line
+    assert "dropout MC T=4 " in line and "(ensemble - dropout, paired by seed: " in line

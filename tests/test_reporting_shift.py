@@ -84,3 +84,59 @@ def test_build_writes_figures_tables_and_paired_differences(df, tmp_path):
     expected = f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], p={res.pvalue:.3f}"
     assert row["difference [95% CI], p"].item() == expected
     assert any("ensemble K=4, average: clean accuracy 0.035 [" in line for line in section.results)
+
+
+def test_cells_below_chance_are_excluded_from_the_shifted_means(df, tmp_path):
+    """The ensemble falls to 0.05 accuracy on rotate 5 (every seed): that cell leaves the
+    ensemble's means over shifted sets; the ensemble - MC pair leaves it out on both sides; the
+    curves average only the corruptions without such a cell; a results line names it."""
+    bad = df.copy()
+    ens = bad["cfg.method.name"] == "ensemble"
+    for label in ("members", "members_ts"):
+        bad.loc[ens, f"test/rotate_5/{label}/acc"] = 0.05
+    long = report.long_table(bad)
+    excluded = report.below_chance(long)
+    assert excluded == {("ensemble", "rotate", 5)}
+    assert report.below_chance(report.long_table(df)) == set()  # clean (0.0-0.04) is not shifted
+    runs = report.per_run(bad, long, excluded).set_index(["series", "scaled", "seed"])
+    # 9 sets left: rotate 1-4 (0.1 * sev), contrast 1-5 (0.1 * sev + 0.01) on top of the base
+    assert runs.loc[("ensemble", False, 1), "shift_nll"] == pytest.approx(0.035 + 2.55 / 9)
+    assert runs.loc[("ensemble", False, 1), "sev5_nll"] == pytest.approx(0.035 + 0.51)
+    assert runs.loc[("dropout_mc", False, 1), "shift_nll"] == pytest.approx(0.013 + 0.305)  # all 10
+    section = report.build(bad, tmp_path)
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    row = paired[
+        (paired["comparison"] == "ensemble K=4, average - dropout, MC T=4")
+        & (paired["metric"] == "NLL, mean over shifted sets")
+    ]
+    # both sides over the same 9 sets: per seed 0.02 + 0.002 * seed (over 10 vs 9 sets it would
+    # be 0.02 + 0.002 * seed + 2.55 / 9 - 0.305)
+    d = np.array([0.02, 0.022, 0.024])
+    res = stats.ttest_rel(d, np.zeros(3))
+    lo, hi = res.confidence_interval(0.95)
+    expected = f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], p={res.pvalue:.3f}"
+    assert row["difference [95% CI], p"].item() == expected
+    line = next(ln for ln in section.results if ln.startswith("Below chance: chance = 1/10"))
+    assert "excluded 1 cells" in line and "ensemble K=4, average: rotate 5 (0.050)" in line
+    assert "(9 of 10 sets kept)" in line
+    curves, note = report.curve_frame(long, excluded)
+    assert "mean over contrast" in note and "rotate" in note.split("(")[1]
+    at5 = curves[(curves["series"] == "dropout_mc") & ~curves["scaled"] & (curves["severity"] == 5)]
+    assert at5.set_index("seed")["acc"][1] == pytest.approx(0.013 + 0.5 + 0.01)  # contrast only
+
+
+def test_mc_vs_weight_scaling_after_temperature_scaling(df, tmp_path):
+    """NLL of mc4_ts - deterministic_ts: per seed 0.003 * seed on the clean set and on every shifted
+    set (hand-computed from :func:`run_row`), a paired row and a results line."""
+    section = report.build(df, tmp_path)
+    paired = pd.read_csv(tmp_path / "paired.csv")
+    both = "dropout, MC T=4 - dropout, weight scaling (both temperature-scaled)"
+    rows = paired[paired["comparison"] == both].set_index("metric")
+    d = np.array([0.0, 0.003, 0.006])
+    res = stats.ttest_rel(d, np.zeros(3))
+    lo, hi = res.confidence_interval(0.95)
+    expected = f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], p={res.pvalue:.3f}"
+    assert rows.loc["NLL, clean test set", "difference [95% CI], p"] == expected
+    assert rows.loc["NLL, mean over shifted sets", "difference [95% CI], p"] == expected
+    line = next(ln for ln in section.results if ln.startswith("MC vs weight scaling after temp"))
+    assert f"clean {expected}; mean over the shifted sets {expected}" in line

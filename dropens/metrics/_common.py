@@ -1,5 +1,12 @@
 """Shared input checks, the log clamp and the member aggregation used by every metric module.
 
+Every public metric checks its inputs here before computing anything: shapes, labels (integer
+class indices in ``[0, C)``) and values: probabilities must be finite, ``>= 0`` and sum to 1 over
+the classes within :func:`prob_tolerance` (``1e-3`` for float32/float64, the dtype's rounding
+for 16-bit floats). A violation raises :class:`dropens.errors.InputError` (a ``ConfigError``,
+hence a ``ValueError``) with one line naming the argument; nothing returns a number for NaN,
+logits or unnormalized scores.
+
 Kept private so that :mod:`calibration`, :mod:`diversity` and :mod:`summary` can all use the
 aggregation without an import cycle; the public home of :func:`aggregate` is
 :mod:`dropens.metrics.summary` (``from dropens.metrics.summary import aggregate``).
@@ -7,12 +14,14 @@ aggregation without an import cycle; the public home of :func:`aggregate` is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 
-from dropens.errors import ConfigError, check_choice
+from dropens.errors import InputError, check_choice
 
 AGGREGATES = ("mean", "geometric")
 REDUCTIONS = ("mean", "none")
@@ -31,22 +40,120 @@ def shape_str(x: Tensor) -> str:
     return str(tuple(x.shape))
 
 
-def check_probs(probs: Tensor, name: str = "probs") -> Tensor:
-    """Require a floating ``[N, C]`` tensor with ``C >= 1``."""
+# Largest accepted |Σ_c p_c - 1| of one row of float32/float64 probabilities (prob_tolerance).
+PROB_SUM_TOL = 1e-3
+
+
+def prob_tolerance(dtype: torch.dtype) -> float:
+    """Largest accepted ``|Σ_c p_c - 1|`` of one row of ``dtype`` probabilities.
+
+    ``max(1e-3, 2 · eps(dtype))``: ``1e-3`` for float32/float64, ``2 · 2^-10 ≈ 2e-3`` for float16,
+    ``2 · 2^-7 ≈ 1.6e-2`` for bfloat16. Why: rounding one value to nearest changes it by at most
+    ``eps/2`` of itself, so every rounding of a whole row (softmax, a cast, a mean over members)
+    moves its sum by at most ``eps/2``; ``2 · eps`` allows four of them. Legit float32 rows are
+    off by about ``C · 1e-7`` (1e-6 for 10 classes), and rows read back from the float16
+    ``predictions.npz`` by at most ``2^-11 ≈ 4.9e-4`` (plus ``2^-25`` per class flushed to zero):
+    both well inside ``1e-3``, while every real mistake (logits, a sum of 2, a dropped class
+    holding more than 0.1% of the mass) is far outside it.
+    """
+    return max(PROB_SUM_TOL, 2.0 * torch.finfo(dtype).eps)
+
+
+_VALUES_CHECKED: ContextVar[bool] = ContextVar("dropens_metrics_values_checked", default=False)
+
+
+@contextmanager
+def values_checked() -> Iterator[None]:
+    """Inside the block, :func:`check_prob_values` trusts its input (shapes are still checked).
+
+    For a caller that has checked its probabilities once and hands them, or what it computes from
+    them (an aggregate, one member), to several metrics: :func:`prediction_metrics` would
+    otherwise check the same ``[M, N, C]`` values about six times. Per thread/context
+    (a ``ContextVar``); restored on exit.
+    """
+    token = _VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_CHECKED.reset(token)
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = []
+    for size in reversed(shape):
+        out.append(flat % size)
+        flat //= size
+    return tuple(reversed(out))
+
+
+def _first(mask: Tensor) -> tuple[int, ...]:
+    """Index of the first ``True`` of ``mask`` (which has at least one)."""
+    return _index(int(mask.reshape(-1).int().argmax()), tuple(mask.shape))
+
+
+def check_prob_values(x: Tensor, name: str, *, always: bool = False) -> Tensor:
+    """Require probabilities along the last axis: finite, ``>= 0``, every row summing to 1 within
+    :func:`prob_tolerance` (so each value is in ``[0, 1 + tol]``).
+
+    Two vector passes on the fast path (the minimum and the row sums, accumulated in at least
+    float32; a NaN or inf makes its row sum non-finite, so finiteness needs no pass of its own);
+    the slow path, only on failure, finds what is wrong for the message. Skipped inside
+    :func:`values_checked` unless ``always``.
+
+    Raises:
+        InputError: one line naming ``name``, the first bad index and what is valid.
+    """
+    if x.numel() == 0 or (_VALUES_CHECKED.get() and not always):
+        return x
+    tol = prob_tolerance(x.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    dev = (x.sum(dim=-1, dtype=acc) - 1.0).abs().max()
+    lo = x.min()
+    if bool(dev <= tol) and bool(lo >= 0):
+        return x
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        at = _first(~finite)
+        raise InputError(
+            f"{name} has {n_bad} non-finite value(s) (NaN or inf; first {float(x[at])} at index "
+            f"{at}); expected probabilities in [0, 1] (a diverged model gives NaN)"
+        )
+    if not bool(lo >= 0):
+        at = _first(x < 0)
+        raise InputError(
+            f"{name} has negative values (min {float(lo):.6g}, first at index {at}); expected "
+            "probabilities in [0, 1] (pass softmax(logits), not logits or log-probabilities)"
+        )
+    sums = x.sum(dim=-1, dtype=acc)
+    at = _first((sums - 1.0).abs() > tol)
+    raise InputError(
+        f"{name} row {at} sums to {float(sums[at]):.6g} over the last axis (classes); expected "
+        f"probabilities summing to 1 within {tol:g} (pass softmax(logits), not scores)"
+    )
+
+
+def check_probs(probs: Tensor, name: str = "probs", values: bool = True) -> Tensor:
+    """Require a floating ``[N, C]`` tensor with ``N >= 1``, ``C >= 1`` and (``values``)
+    probabilities in every row (:func:`check_prob_values`)."""
     if not isinstance(probs, Tensor) or not probs.is_floating_point() or probs.dim() != 2:
         got = shape_str(probs) if isinstance(probs, Tensor) else type(probs).__name__
-        raise ConfigError(
+        raise InputError(
             f"{name} has shape {got}; expected a float tensor [N, C] (examples, classes)"
         )
-    if probs.shape[1] < 1:
-        raise ConfigError(
-            f"{name} has shape {shape_str(probs)}; expected at least one class (C >= 1)"
+    if probs.shape[0] < 1 or probs.shape[1] < 1:
+        raise InputError(
+            f"{name} has shape {shape_str(probs)}; expected at least one example and one class "
+            "(N >= 1, C >= 1)"
         )
-    return probs
+    return check_prob_values(probs, name) if values else probs
 
 
-def check_member_probs(member_probs: Tensor, name: str = "member_probs") -> Tensor:
-    """Require a floating ``[M, N, C]`` tensor with ``M >= 1`` and ``C >= 1``."""
+def check_member_probs(
+    member_probs: Tensor, name: str = "member_probs", values: bool = True
+) -> Tensor:
+    """Require a floating ``[M, N, C]`` tensor with ``M, N, C >= 1`` and (``values``)
+    probabilities in every row (:func:`check_prob_values`)."""
     if (
         not isinstance(member_probs, Tensor)
         or not member_probs.is_floating_point()
@@ -57,36 +164,49 @@ def check_member_probs(member_probs: Tensor, name: str = "member_probs") -> Tens
             if isinstance(member_probs, Tensor)
             else type(member_probs).__name__
         )
-        raise ConfigError(
+        raise InputError(
             f"{name} has shape {got}; expected a float tensor [M, N, C]"
             " (members, examples, classes)"
         )
-    if member_probs.shape[0] < 1 or member_probs.shape[2] < 1:
-        raise ConfigError(f"{name} has shape {shape_str(member_probs)}; expected M >= 1 and C >= 1")
-    return member_probs
+    if min(member_probs.shape) < 1:
+        raise InputError(
+            f"{name} has shape {shape_str(member_probs)}; expected M >= 1, N >= 1 and C >= 1"
+        )
+    return check_prob_values(member_probs, name) if values else member_probs
 
 
-def as_member_probs(probs: Tensor, name: str = "member_probs") -> Tensor:
-    """Accept ``[N, C]`` (one member) or ``[M, N, C]``; return ``[M, N, C]``."""
+def as_member_probs(probs: Tensor, name: str = "member_probs", values: bool = True) -> Tensor:
+    """Accept ``[N, C]`` (one member) or ``[M, N, C]``; return ``[M, N, C]`` (checked as above)."""
     if isinstance(probs, Tensor) and probs.dim() == 2:
-        return check_probs(probs, name).unsqueeze(0)
-    return check_member_probs(probs, name)
+        return check_probs(probs, name, values).unsqueeze(0)
+    return check_member_probs(probs, name, values)
 
 
 def check_labels(labels: Tensor, n: int, n_classes: int, name: str = "labels") -> Tensor:
     """Require an integer ``[N]`` tensor with values in ``[0, C)``."""
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        got = shape_str(labels) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ConfigError(f"{name} has shape {got}; expected an integer tensor [N]")
+    if (
+        not isinstance(labels, Tensor)
+        or labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        got = (
+            f"{shape_str(labels)} {str(labels.dtype).removeprefix('torch.')}"
+            if isinstance(labels, Tensor)
+            else type(labels).__name__
+        )
+        raise InputError(f"{name} has shape {got}; expected an integer tensor [N] (class indices)")
     if labels.shape[0] != n:
-        raise ConfigError(
+        raise InputError(
             f"{name} has {labels.shape[0]} entries; expected N={n} to match the predictions"
         )
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ConfigError(
-            f"{name} has values in [{int(labels.min())}, {int(labels.max())}]; "
-            f"expected [0, {n_classes})"
-        )
+    if n:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise InputError(
+                f"{name} has values in [{lo}, {hi}]; expected class indices in [0, {n_classes})"
+            )
     return labels.long()
 
 
@@ -108,12 +228,12 @@ def check_weights(weights: Tensor, n_members: int, name: str = "weights") -> Ten
         or tuple(weights.shape) != (n_members,)
     ):
         got = shape_str(weights) if isinstance(weights, Tensor) else type(weights).__name__
-        raise ConfigError(
+        raise InputError(
             f"{name} has shape {got}; expected a float tensor [M] with M={n_members} members"
         )
     total = float(weights.double().sum())
     if bool((weights < 0).any()) or not abs(total - 1.0) <= 1e-5:
-        raise ConfigError(
+        raise InputError(
             f"{name} must be non-negative and sum to 1; they sum to {total!r} "
             f"(min {float(weights.min())!r})"
         )
@@ -139,6 +259,10 @@ def aggregate(member_probs: Tensor, how: str = "mean", weights: Tensor | None = 
 
     Returns:
         ``[N, C]`` probabilities, in the dtype of ``member_probs``.
+
+    Raises:
+        InputError: ``member_probs`` not ``[M, N, C]`` probabilities (:func:`check_prob_values`),
+            or bad weights.
     """
     check_choice("aggregate", how, AGGREGATES)
     check_member_probs(member_probs)

@@ -10,28 +10,41 @@ Conventions:
   of ``torch.argmax``), so a uniform prediction predicts class 0;
 - logs are taken of ``max(p, finfo(dtype).tiny)`` (finite, so ``0 log 0 = 0``);
 - the Brier score sums over classes (Brier 1950; range ``[0, 2]``), as in Ovadia et al. (2019).
+
+Inputs are checked (:mod:`dropens.metrics._common`): ``probs`` must be finite probabilities,
+``>= 0`` with rows summing to 1 within ``max(1e-3, 2 · eps(dtype))`` (float32 rounding is about
+``C · 1e-7``, the float16 round trip of stored predictions at most ``4.9e-4``); labels integer
+class indices in ``[0, C)``; OOD scores and confidences finite. Anything else raises
+:class:`dropens.errors.InputError` (a ``ValueError``) with one line naming the argument.
+Temperature scaling takes ``inputs="logits" | "logprobs" | "probs"`` and checks that the tensor is
+what ``inputs`` says.
 """
 
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dropens.errors import ConfigError, check_choice
+from dropens.errors import ConfigError, InputError, check_choice
 from dropens.metrics._common import (
     AGGREGATES,
     as_member_probs,
     check_labels,
+    check_prob_values,
     check_probs,
+    prob_tolerance,
     safe_log,
+    values_checked,
 )
 from dropens.metrics._common import aggregate as _aggregate
 from dropens.metrics.diversity import mutual_information, predictive_entropy
 
 BINNINGS = ("width", "mass")
+TEMPERATURE_INPUTS = ("logits", "logprobs", "probs")  # what fit/apply_temperature are given
 
 
 # ----------------------------------------------------------------------------- basic scores
@@ -46,7 +59,8 @@ def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
     """Top-1 accuracy ``(1/N) Σ_n 1[argmax_c p_{n,c} = y_n]`` (ties: first maximal index).
 
     Args:
-        probs: ``[N, C]`` probabilities (or any scores with the same argmax, e.g. logits).
+        probs: ``[N, C]`` probabilities (checked like every metric's: logits are refused; for the
+            accuracy of logits pass ``softmax(logits)``, which has the same argmax).
         labels: ``[N]`` int64.
 
     Returns:
@@ -236,18 +250,86 @@ def reliability(
 # ----------------------------------------------------------------------------- temperature scaling
 
 
-def _aggregate_log_probs(logits_or_logprobs: Tensor, how: str) -> Tensor:
-    """``[N, C]`` log-probabilities of one prediction from ``[N, C]`` or ``[M, N, C]`` scores."""
-    x = logits_or_logprobs
+def _check_scores_tensor(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() not in (2, 3):
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ConfigError(
-            f"logits_or_logprobs has shape {got}; expected a float tensor [N, C] or [M, N, C]"
+        raise InputError(f"{name} has shape {got}; expected a float tensor [N, C] or [M, N, C]")
+    if min(x.shape) < 1:
+        raise InputError(
+            f"{name} has shape {tuple(x.shape)}; expected at least one member, example and class"
         )
-    check_choice("aggregate", how, AGGREGATES)
+
+
+def _is_probs(x: Tensor) -> bool:
+    """Every row of ``x`` is a probability vector (finite, in ``[0, 1]``, sums to 1)."""
+    try:
+        check_prob_values(x, "x", always=True)
+    except InputError:
+        return False
+    return True
+
+
+def _kind_error(x: Tensor, inputs: str, name: str, problem: str) -> InputError:
+    """``inputs=...`` does not describe ``x``: say what is wrong and what ``x`` looks like."""
+    if not bool(torch.isfinite(x).all()):
+        hint = "it has NaN or inf (a diverged model?)"
+    elif _is_probs(x):
+        hint = "it looks like probabilities: pass inputs='probs'"
+    else:
+        hint = "it looks like logits: pass inputs='logits'"
+    return InputError(f"inputs={inputs!r} but {name} {problem}; {hint}")
+
+
+def _check_inputs(x: Tensor, inputs: str, name: str) -> None:
+    """Require ``x`` to be what ``inputs`` says (tolerance: :func:`prob_tolerance` of its dtype).
+
+    ``logits``: finite, and not rows of probabilities (``C > 1``: ``softmax`` of probabilities
+    is a different, much flatter prediction); ``logprobs``: no NaN/``+inf``, ``<= tol`` and each
+    row's ``logsumexp`` within ``tol`` of 0 (``-inf`` is ``log 0``); ``probs``: finite, ``>= 0``,
+    rows summing to 1 within ``tol``.
+    """
+    check_choice("inputs", inputs, TEMPERATURE_INPUTS)
+    tol = prob_tolerance(x.dtype)
+    if inputs == "probs":
+        if not _is_probs(x):
+            raise _kind_error(x, inputs, name, f"is not probabilities summing to 1 within {tol:g}")
+    elif inputs == "logits":
+        if not bool(torch.isfinite(x).all()):
+            raise _kind_error(x, inputs, name, "is not finite")
+        if x.shape[-1] > 1 and _is_probs(x):
+            raise InputError(
+                f"inputs='logits' but every row of {name} is a probability vector (in [0, 1], "
+                "summing to 1): pass inputs='probs' (as logits they are a different prediction)"
+            )
+    else:  # a NaN or +inf makes its row's logsumexp NaN or +inf: no pass of its own
+        lse = torch.logsumexp(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+        if not bool(x.max() <= tol) or not bool((lse.abs() <= tol).all()):
+            if bool(torch.isnan(x).any()) or bool((x == math.inf).any()):
+                raise _kind_error(x, inputs, name, "has NaN or +inf")
+            worst = float(lse.abs().max())
+            raise _kind_error(
+                x,
+                inputs,
+                name,
+                f"is not log-probabilities (values <= 0, each row logsumexp = 0 within {tol:g}; "
+                f"max {float(x.max()):.4g}, worst |logsumexp| {worst:.4g})",
+            )
+
+
+def _log_prediction(x: Tensor, how: str, inputs: str) -> Tensor:
+    """``[N, C]`` log-probabilities ``ℓ`` of one prediction from checked ``[N, C]`` or
+    ``[M, N, C]`` logits, log-probabilities or probabilities (in the dtype of ``x``)."""
+    if inputs == "probs":
+        if x.dim() == 2:
+            return torch.log_softmax(safe_log(x), dim=-1)
+        with values_checked():  # by _check_inputs
+            return safe_log(_aggregate(x, how))
+    if inputs == "logprobs":  # -inf (p = 0) -> log tiny, as safe_log does for probabilities
+        x = x.clamp_min(math.log(torch.finfo(x.dtype).tiny))
     if x.dim() == 2:
         return torch.log_softmax(x, dim=-1)
-    return safe_log(_aggregate(torch.softmax(x, dim=-1), how))
+    with values_checked():  # softmax rows are probabilities
+        return safe_log(_aggregate(torch.softmax(x, dim=-1), how))
 
 
 def fit_temperature(
@@ -255,32 +337,51 @@ def fit_temperature(
     labels: Tensor,
     aggregate: str = "mean",
     max_iter: int = 200,
+    *,
+    inputs: str = "logprobs",
 ) -> float:
     """Fit the temperature ``T`` of temperature scaling on validation NLL (Guo et al. 2017).
 
     ``T* = argmin_T -(1/N) Σ_n log softmax(ℓ_n / T)_{y_n}``, optimized over ``log T`` with
     L-BFGS (strong Wolfe line search) in float64.
 
-    ``ℓ`` are the log-probabilities of *one* prediction: for ``[N, C]`` input (logits or
-    log-probabilities of a single model; a per-row shift does not change ``softmax(ℓ / T)``),
-    ``ℓ = log_softmax(x)``; for ensemble input ``[M, N, C]`` (member logits or log-probabilities),
-    ``ℓ = log aggregate(softmax(x_m), aggregate)``, i.e. the temperature scales the *aggregate*.
+    ``ℓ`` are the log-probabilities of *one* prediction: for ``[N, C]`` input (one model),
+    ``ℓ = log_softmax(z)`` with ``z`` the logits, the log-probabilities or ``log p`` (a per-row
+    shift does not change ``softmax(ℓ / T)``); for ensemble input ``[M, N, C]``,
+    ``ℓ = log aggregate(p_m, aggregate)`` with ``p_m`` the member probabilities (``softmax`` of
+    logits or log-probabilities), i.e. the temperature scales the *aggregate*. Logits,
+    log-probabilities and probabilities of the same prediction give the same temperature.
     ``T > 1`` softens an overconfident prediction. If the data are perfectly separated the optimum
     is ``T → 0`` and the result is whatever ``max_iter`` reached.
 
     Args:
-        logits_or_logprobs: ``[N, C]`` or ``[M, N, C]``.
+        logits_or_logprobs: ``[N, C]`` or ``[M, N, C]``, of the kind ``inputs`` names.
         labels: ``[N]`` int64.
         aggregate: ``mean`` | ``geometric`` (ensembles only; see
             :func:`dropens.metrics.summary.aggregate`).
-        max_iter: L-BFGS iterations.
+        max_iter: L-BFGS iterations (``>= 1``).
+        inputs: keyword-only, what ``logits_or_logprobs`` holds: ``logprobs`` (default; values
+            ``<= 0``, every row's ``logsumexp`` within ``max(1e-3, 2 · eps)`` of 0, ``-inf`` allowed)
+            | ``logits`` (any finite scores, but not rows of probabilities) | ``probs`` (in
+            ``[0, 1]``, rows summing to 1 within the same tolerance). A tensor that is not what
+            ``inputs`` says is refused (the probabilities of a model are not its logits).
 
     Returns:
         The temperature as a Python float.
+
+    Raises:
+        InputError: the tensor does not match ``inputs``, bad shapes or labels.
     """
-    base = _aggregate_log_probs(logits_or_logprobs, aggregate).detach().double()
-    labels = check_labels(labels, base.shape[0], base.shape[1])
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    name = "logits_or_logprobs"
+    _check_scores_tensor(logits_or_logprobs, name)
+    check_choice("aggregate", aggregate, AGGREGATES)
+    _check_inputs(logits_or_logprobs, inputs, name)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter={max_iter!r} is not valid; expected an integer >= 1")
+    x = logits_or_logprobs.detach().double()
+    base = _log_prediction(x, aggregate, inputs)
+    labels = check_labels(labels, base.shape[0], base.shape[1]).to(base.device)
+    log_t = torch.zeros((), dtype=torch.float64, device=base.device, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -295,23 +396,41 @@ def fit_temperature(
 
 
 def apply_temperature(
-    logits_or_logprobs: Tensor, temperature: float, aggregate: str = "mean"
+    logits_or_logprobs: Tensor,
+    temperature: float,
+    aggregate: str = "mean",
+    *,
+    inputs: str = "logprobs",
 ) -> Tensor:
     """Temperature-scaled probabilities ``softmax(ℓ / T)`` ``[N, C]``.
 
     ``ℓ`` as in :func:`fit_temperature` (the aggregate's log-probabilities for ``[M, N, C]`` input).
 
     Args:
-        logits_or_logprobs: ``[N, C]`` or ``[M, N, C]``.
-        temperature: ``T > 0``.
+        logits_or_logprobs: ``[N, C]`` or ``[M, N, C]``, of the kind ``inputs`` names.
+        temperature: finite ``T > 0``.
         aggregate: ``mean`` | ``geometric`` (ensembles only).
+        inputs: keyword-only: ``logprobs`` (default) | ``logits`` | ``probs``, checked as in
+            :func:`fit_temperature`.
 
     Returns:
         ``[N, C]`` probabilities in the input dtype.
     """
-    if not temperature > 0:
-        raise ConfigError(f"temperature={temperature!r} is not valid; expected a positive float")
-    return torch.softmax(_aggregate_log_probs(logits_or_logprobs, aggregate) / temperature, dim=-1)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, Real)
+        or not math.isfinite(temperature)
+        or not temperature > 0
+    ):
+        raise ConfigError(
+            f"temperature={temperature!r} is not valid; expected a finite positive float"
+        )
+    name = "logits_or_logprobs"
+    _check_scores_tensor(logits_or_logprobs, name)
+    check_choice("aggregate", aggregate, AGGREGATES)
+    _check_inputs(logits_or_logprobs, inputs, name)
+    logp = _log_prediction(logits_or_logprobs, aggregate, inputs)
+    return torch.softmax(logp / temperature, dim=-1)
 
 
 # ----------------------------------------------------------------------------- selective prediction
@@ -330,17 +449,28 @@ def aurc(probs: Tensor, labels: Tensor, confidence: Tensor | None = None) -> Ten
     Args:
         probs: ``[N, C]`` probabilities.
         labels: ``[N]`` int64.
-        confidence: ``[N]`` score, larger = more confident (default: the top-1 probability).
+        confidence: ``[N]`` finite score, larger = more confident (default: the top-1
+            probability).
 
     Returns:
         0-dim tensor in ``[0, 1]``.
     """
     probs, labels = _checked(probs, labels)
-    conf = probs.max(dim=-1).values if confidence is None else confidence.to(probs.dtype)
-    if conf.shape != (probs.shape[0],):
-        raise ConfigError(
-            f"confidence has shape {tuple(conf.shape)}; expected [N]=({probs.shape[0]},)"
-        )
+    if confidence is None:
+        conf = probs.max(dim=-1).values
+    else:
+        if not isinstance(confidence, Tensor) or confidence.shape != (probs.shape[0],):
+            got = (
+                tuple(confidence.shape)
+                if isinstance(confidence, Tensor)
+                else type(confidence).__name__
+            )
+            raise InputError(f"confidence has shape {got}; expected [N]=({probs.shape[0]},)")
+        conf = confidence.to(probs.dtype)
+        if not bool(torch.isfinite(conf).all()):
+            raise InputError(
+                "confidence has NaN or inf values; expected finite scores (larger = more confident)"
+            )
     err = (probs.argmax(dim=-1) != labels).to(probs.dtype)
     conf_sorted, order = torch.sort(conf, descending=True, stable=True)
     err = err[order]
@@ -378,19 +508,32 @@ def ood_scores(member_probs: Tensor, aggregate: str = "mean") -> dict[str, Tenso
         ``{"maxprob": [N], "entropy": [N], "mi": [N]}``.
     """
     member_probs = as_member_probs(member_probs)
-    probs = _aggregate(member_probs, aggregate)
-    return {
-        "maxprob": probs.max(dim=-1).values,
-        "entropy": -predictive_entropy(probs, reduction="none"),
-        "mi": -mutual_information(member_probs, reduction="none"),
-    }
+    with values_checked():
+        probs = _aggregate(member_probs, aggregate)
+        return {
+            "maxprob": probs.max(dim=-1).values,
+            "entropy": -predictive_entropy(probs, reduction="none"),
+            "mi": -mutual_information(member_probs, reduction="none"),
+        }
 
 
 def _check_scores(scores: Tensor, name: str) -> Tensor:
-    if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.numel() == 0:
+    if (
+        not isinstance(scores, Tensor)
+        or scores.dim() != 1
+        or scores.numel() == 0
+        or scores.is_complex()
+    ):
         got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-        raise ConfigError(f"{name} has shape {got}; expected a non-empty 1-D tensor [N]")
-    return scores.detach().double()
+        raise InputError(f"{name} has shape {got}; expected a non-empty 1-D real tensor [N]")
+    out = scores.detach().double()
+    if not bool(torch.isfinite(out).all()):
+        n_bad = int((~torch.isfinite(out)).sum())
+        raise InputError(
+            f"{name} has {n_bad} NaN or inf value(s); expected finite scores (larger = more "
+            "in-distribution; a diverged model gives NaN)"
+        )
+    return out
 
 
 def ood_auroc(scores_in: Tensor, scores_out: Tensor) -> Tensor:
@@ -403,8 +546,8 @@ def ood_auroc(scores_in: Tensor, scores_out: Tensor) -> Tensor:
     creates false ties.)
 
     Args:
-        scores_in: ``[N_in]`` scores of in-distribution examples.
-        scores_out: ``[N_out]`` scores of out-of-distribution examples.
+        scores_in: ``[N_in]`` finite scores of in-distribution examples.
+        scores_out: ``[N_out]`` finite scores of out-of-distribution examples.
 
     Returns:
         0-dim float64 tensor in ``[0, 1]``.
@@ -435,7 +578,7 @@ def fpr_at_95_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> T
     Returns:
         0-dim float64 tensor in ``[0, 1]``.
     """
-    if not 0.0 < tpr <= 1.0:
+    if isinstance(tpr, bool) or not isinstance(tpr, Real) or not 0.0 < tpr <= 1.0:
         raise ConfigError(f"tpr={tpr!r} is not valid; expected a rate in (0, 1]")
     s_in, s_out = _check_scores(scores_in, "scores_in"), _check_scores(scores_out, "scores_out")
     k = math.ceil(round(tpr * s_in.numel(), 9))  # round: 0.95 * 20 must give 19, not 19.000...04

@@ -8,6 +8,11 @@ argument says otherwise. Entropies and divergences are in nats, with logs of
 Pairwise statistics average over member pairs; with one member there are no pairs: the
 divergences and disagreements are 0 (no diversity), the error correlation and Q-statistic NaN
 (undefined).
+
+Inputs are checked (:mod:`dropens.metrics._common`): finite probabilities, ``>= 0``, every member's
+rows summing to 1 within ``max(1e-3, 2 · eps(dtype))``; labels integer class indices in
+``[0, C)``. Anything else raises :class:`dropens.errors.InputError` (a ``ValueError``) with one
+line naming the argument.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dropens.metrics._common import (
     check_member_probs,
     reduce,
     safe_log,
+    values_checked,
 )
 
 
@@ -239,7 +245,8 @@ def ensemble_gain(member_probs: Tensor, labels: Tensor, aggregate: str = "mean")
         0-dim tensor.
     """
     member_probs, labels = _with_labels(member_probs, labels)
-    probs = _aggregate(member_probs, aggregate)
+    with values_checked():
+        probs = _aggregate(member_probs, aggregate)
     idx = labels[None, :, None].expand(member_probs.shape[0], -1, 1)
     member_nll = -safe_log(member_probs.gather(2, idx)).mean()
     return member_nll + safe_log(probs.gather(1, labels[:, None])).mean()

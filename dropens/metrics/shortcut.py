@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from dropens.errors import InputError
+from dropens.metrics._common import check_labels, check_probs
+
 
 def counterfactual_metrics(
     probs_on: Tensor, probs_off: Tensor, y: Tensor, class_names: Sequence[str]
@@ -24,16 +27,29 @@ def counterfactual_metrics(
     """Flip rate and (class, cue) group accuracies of one counterfactual pair.
 
     Args:
-        probs_on: ``[N, C]`` predictions on the inputs with the cue.
-        probs_off: ``[N, C]`` predictions on the same inputs without it.
-        y: ``[N]`` labels.
+        probs_on: ``[N, C]`` probabilities on the inputs with the cue (checked like every
+            metric's input: finite, rows summing to 1).
+        probs_off: ``[N, C]`` probabilities on the same inputs without it.
+        y: ``[N]`` integer labels in ``[0, C)``.
         class_names: ``C`` names, used in the keys.
 
     Returns:
         ``{"flip_rate", "worst_group_acc", "acc_<class>_cue", "acc_<class>_no_cue", ...}``
         (groups without an example are left out).
     """
-    y = y.cpu()
+    check_probs(probs_on, "probs_on")
+    check_probs(probs_off, "probs_off")
+    if probs_off.shape != probs_on.shape:
+        raise InputError(
+            f"probs_off has shape {tuple(probs_off.shape)}; expected {tuple(probs_on.shape)} "
+            "like probs_on (the same inputs, rendered twice)"
+        )
+    if isinstance(class_names, str) or len(class_names) != probs_on.shape[1]:
+        raise InputError(
+            f"class_names={class_names!r} is not valid; expected {probs_on.shape[1]} names, "
+            "one per class"
+        )
+    y = check_labels(y, probs_on.shape[0], probs_on.shape[1], "y").cpu()
     pred_on, pred_off = probs_on.argmax(-1).cpu(), probs_off.argmax(-1).cpu()
     out = {"flip_rate": float((pred_on != pred_off).float().mean())}
     groups = []

@@ -39,10 +39,19 @@ def prediction_metrics(
 
     Returns:
         ``{key: float}`` with the keys above.
+
+    Raises:
+        InputError: ``member_probs`` not finite probabilities (rows summing to 1 within
+            ``max(1e-3, 2 · eps(dtype))``), or labels not ``[N]`` class indices in ``[0, C)``.
     """
     check_member_probs(member_probs)
     labels = check_labels(labels, member_probs.shape[1], member_probs.shape[2])
     member_probs = member_probs.detach()
+    with _common.values_checked():  # checked once above, not again by every metric
+        return _metrics(member_probs, labels, aggregate, n_bins)
+
+
+def _metrics(member_probs: Tensor, labels: Tensor, aggregate: str, n_bins: int) -> dict[str, float]:
     probs = _common.aggregate(member_probs, aggregate)  # the argument shadows the function
     out = {
         "acc": calibration.accuracy(probs, labels),

@@ -50,7 +50,8 @@ class PredictionMetrics(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, member_probs: Tensor, labels: Tensor) -> None:
-        member_probs = as_member_probs(member_probs.detach())
+        # shapes now; values once, on the CPU, in compute (prediction_metrics): no GPU sync here
+        member_probs = as_member_probs(member_probs.detach(), values=False)
         labels = check_labels(labels.detach(), member_probs.shape[1], member_probs.shape[2])
         if self.probs and self.probs[0].shape[1:] != member_probs.transpose(0, 1).shape[1:]:
             m, c = self.probs[0].shape[1:]

@@ -34,6 +34,10 @@ PALETTE = {  # one colour per method everywhere (colour-blind safe, seaborn "col
 }
 
 
+# legend handles long enough to show a line's dash pattern ("--", ":", "-.") at 8 pt
+HANDLELENGTH = 3.5
+
+
 @dataclass
 class Section:
     """One study's part of REPORT.md, filled by its report builder."""
@@ -389,3 +393,64 @@ def ci_line(
     ok = np.isfinite(lo) & np.isfinite(hi)
     yerr = np.vstack([np.where(ok, mean - lo, 0.0), np.where(ok, hi - mean, 0.0)])
     ax.errorbar(x, mean, yerr=yerr if ok.any() else None, capsize=3, ms=4, **kw)
+
+
+def ci_line_stats(
+    ax: plt.Axes, x: Any, stats: Sequence[dict[str, float]], centre: str = "mean", **kw: Any
+) -> None:
+    """:func:`ci_line` of one :func:`seed_stats` (or paired-difference) dict per x (the error-bar
+    counterpart of :func:`band_stats`)."""
+    cols = (np.array([s[k] for s in stats], dtype=float) for k in (centre, "ci_low", "ci_high"))
+    ci_line(ax, np.asarray(x, dtype=float), *cols, **kw)
+
+
+def ci_line_table(ax: plt.Axes, x: Any, table: pd.DataFrame, key: str, **kw: Any) -> None:
+    """:func:`ci_line` of a summary table's ``{key}_mean``, ``_lo`` and ``_hi`` columns (the
+    error-bar counterpart of :func:`band_table`)."""
+    cols = (table[f"{key}_{part}"].to_numpy(dtype=float) for part in ("mean", "lo", "hi"))
+    ci_line(ax, np.asarray(x, dtype=float), *cols, **kw)
+
+
+def dodge(x: Any, lane: int, lanes: int, width: float, log: bool = False) -> np.ndarray:
+    """``x`` shifted for lane ``lane`` of ``lanes`` (lanes centred on ``x``, ``width`` apart) so
+    that the error bars of several lines at the same x do not hide each other; on a log axis
+    ``width`` is in octaves (a factor ``2 ** width`` per lane)."""
+    offset = (lane - (lanes - 1) / 2) * width
+    x = np.asarray(x, dtype=float)
+    return x * 2.0**offset if log else x + offset
+
+
+def dot_ci(
+    ax: plt.Axes,
+    x: float,
+    values: Sequence[float] | np.ndarray | pd.Series,
+    color: str,
+    marker: str = "o",
+    filled: bool = True,
+    label: str | None = None,
+    seeds: bool = True,
+) -> dict[str, float]:
+    """One cell of a dot plot: the mean of ``values`` (one per seed) with its 95% CI error bar and,
+    with ``seeds``, each seed as a small black dot; returns its :func:`seed_stats`. For values far
+    from 0 (accuracies, AUROCs), where a bar whose axis does not start at 0 would mislead."""
+    vals = np.asarray(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    s = seed_stats(vals)
+    if not s["n"]:
+        return s
+    ax.errorbar(
+        x,
+        s["mean"],
+        yerr=ci_yerr(s),
+        fmt=marker,
+        ms=7,
+        color=color,
+        mfc=color if filled else "white",
+        mew=1.5,
+        capsize=4,
+        zorder=3,
+        label=label,
+    )
+    if seeds:
+        ax.scatter(np.full(len(vals), x), vals, color="k", s=7, zorder=4)
+    return s

@@ -4,13 +4,19 @@ One panel per (data, model):
 
 - ``k_spectrum``: K fixed-mask subnetworks (``subnets``, K = 1..32), their average and their mean
   single member, against dropout (K -> infinity: MC at the headline T and one random mask), plain,
-  independent networks and the dropout ensemble objective;
-- ``decomposition``: dropout's improvement over plain = (one random subnetwork - plain), the part a
-  regularizer explains, + (MC average - one random subnetwork), the averaging (ensemble) gain;
-  per-seed paired differences, mean and 95% CI;
+  independent networks and the dropout ensemble objective (references: horizontal mean lines, their
+  95% CIs as error bars right of the largest K);
+- ``decomposition``: dropout's improvement over plain = (the dropout network's deterministic,
+  weight-scaled pass - plain) + (MC average at the headline T - that deterministic pass), with one
+  random subnetwork - plain as a reference outside the sum (a noisy evaluation of the same
+  weights, not a separate effect); per-seed paired differences, mean and 95% CI (table
+  ``decomposition``);
 - ``members_curve``: accuracy / NLL vs number of members averaged: MC samples of one dropout
   network, K trained fixed subnetworks, the first m of K independent networks;
-- ``diversity_plane``: disagreement between members vs member accuracy (Fort et al. 2019);
+- ``diversity_plane``: disagreement of a member with the average normalized by the member error,
+  ``disagreement / (1 - member_acc)``, against member accuracy (Fort et al. 2019) at matched
+  member counts C: MC dropout with T = C masks against C trained members (``subnets`` K = C, the
+  first C of the independent networks);
 - ``exhaustive``: a tiny MLP averaged over all 2^12 masks, geometric vs arithmetic mean vs weight
   scaling vs MC (Warde-Farley et al. 2014).
 """
@@ -25,17 +31,23 @@ import numpy as np
 import pandas as pd
 
 from dropens import keys
+from dropens.metrics import stats
 from dropens.reporting.common import (
+    HANDLELENGTH,
+    NO_PAIRS,
     PALETTE,
     Section,
-    band_stats,
-    band_table,
     ci_cell,
+    ci_line_stats,
+    ci_line_table,
     ci_yerr,
+    dodge,
+    dot_ci,
     fmt_ci,
+    fmt_paired,
     headline_t,
-    hline_ci,
     mc_sizes,
+    paired_by_seed,
     save_figure,
     seed_stats,
     summarize_groups,
@@ -111,13 +123,14 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     df = df.copy()
     df["kind"] = [_kind(r) for _, r in df.iterrows()]
     main = df[df["kind"] != "exhaustive"]
-    main = main[~(main.get("cfg.model.widths", pd.Series(dtype=object)).astype(str) == "[12]")]
+    widths = main.get("cfg.model.widths", pd.Series(None, index=main.index, dtype=object))
+    main = main[~(widths.astype(str) == "[12]")]
     panels = _panels(main)
     t = headline_t(df)
     section.figures.append(_k_spectrum(main, panels, t, out_dir, section))
     section.figures.append(_decomposition(main, panels, t, out_dir, section))
     section.figures.append(_members_curve(main, panels, out_dir))
-    section.figures.append(_diversity_plane(main, panels, t, out_dir))
+    section.figures.append(_diversity_plane(main, panels, out_dir, section))
     section.tables.append(_summary_table(main, t, out_dir))
     exh = df[df["kind"] == "exhaustive"]
     if len(exh) and _clean("exhaustive_geometric", "acc") in exh:
@@ -163,9 +176,28 @@ def _summary_table(df: pd.DataFrame, t: int, out_dir: Path) -> str:
     return write_table(pd.DataFrame(out), out_dir, "summary")
 
 
+# where the references of the K-spectrum (dropout, plain, independent nets) show their 95% CI:
+# one error bar each, right of the largest K (their means are horizontal lines across the panel)
+REF_X = 64.0
+
+
 def _k_spectrum(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: Section) -> str:
     mc = keys.mc_label(t)
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 7.4), squeeze=False)
+    references = (
+        ("dropout", mc, f"dropout, MC T={t}", "-", "o", PALETTE["dropout"]),
+        ("dropout", ONE_MASK, "dropout, one random mask", "--", "v", PALETTE["dropout"]),
+        ("plain", "deterministic", "plain", ":", "s", PALETTE["plain"]),
+        ("ensemble", "members", "4 independent nets", "-.", "D", PALETTE["ensemble"]),
+        (
+            "dropout_objective",
+            mc,
+            f"dropout, ensemble objective, T={t}",
+            (0, (5, 1.5, 1, 1.5, 1, 1.5)),
+            "P",
+            PALETTE["dropout (ensemble objective)"],
+        ),
+    )
     for j, (data, model) in enumerate(panels):
         sub = _sel(df, data, model, "subnets")
         ks = np.array(sorted(sub["cfg.method.k"].dropna().unique()), dtype=int)
@@ -175,52 +207,49 @@ def _k_spectrum(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: 
                 g = summarize_groups(
                     sub,
                     ["cfg.method.k"],
-                    [
-                        _clean("members", m),
-                        _clean(keys.member_label(0), m),
-                        _clean("members", f"member_{m}"),
-                    ],
-                )
-                g = g.sort_values("cfg.method.k")
-                key = _clean("members", f"member_{m}")
-                band_table(
-                    ax,
-                    ks,
-                    g,
-                    _clean("members", m),
-                    color=PALETTE["subnets"],
-                    label="K subnetworks, average",
-                )
-                band_table(
-                    ax,
-                    ks,
-                    g,
-                    key,
-                    color=PALETTE["subnets"],
-                    ls="--",
-                    label="K subnetworks, one member (mean)",
-                )
-            for kind, strategy, label, ls, color in (
-                ("dropout", mc, f"dropout, MC T={t}", "-", PALETTE["dropout"]),
-                ("dropout", ONE_MASK, "dropout, one random mask", "--", PALETTE["dropout"]),
-                ("plain", "deterministic", "plain", ":", PALETTE["plain"]),
-                ("ensemble", "members", "4 independent nets", "-.", PALETTE["ensemble"]),
-                (
-                    "dropout_objective",
-                    mc,
-                    f"dropout, ensemble objective, T={t}",
-                    "-",
-                    PALETTE["dropout (ensemble objective)"],
-                ),
-            ):
+                    [_clean("members", m), _clean("members", f"member_{m}")],
+                ).sort_values("cfg.method.k")
+                for lane, (key, ls, marker, label) in enumerate(
+                    (
+                        (_clean("members", m), "-", "o", "K subnetworks, average"),
+                        (
+                            _clean("members", f"member_{m}"),
+                            "--",
+                            "^",
+                            "K subnetworks, one member (mean)",
+                        ),
+                    )
+                ):
+                    ci_line_table(
+                        ax,
+                        dodge(ks, lane, 2, 0.2, log=True),
+                        g,
+                        key,
+                        color=PALETTE["subnets"],
+                        ls=ls,
+                        marker=marker,
+                        label=label,
+                    )
+            for lane, (kind, strategy, label, ls, marker, color) in enumerate(references):
                 vals = _sel(df, data, model, kind)
-                if len(vals) and _clean(strategy, m) in vals:
-                    s = seed_stats(vals[_clean(strategy, m)])
-                    hline_ci(ax, s["mean"], s["ci_low"], s["ci_high"], label, color, ls)
+                if not (len(vals) and _clean(strategy, m) in vals):
+                    continue
+                s = seed_stats(vals[_clean(strategy, m)])
+                ax.axhline(s["mean"], color=color, ls=ls, lw=1.2, label=label)
+                ax.errorbar(
+                    dodge(REF_X, lane, len(references), 0.16, log=True),
+                    s["mean"],
+                    yerr=ci_yerr(s),
+                    fmt=marker,
+                    ms=4,
+                    color=color,
+                    capsize=3,
+                )
             ax.set_xscale("log", base=2)
-            if len(ks):
-                ax.set_xticks(ks, [str(k) for k in ks])
-            else:
+            ticks = [*ks, REF_X] if len(ks) else [REF_X]
+            ax.set_xticks(ticks, [*map(str, ks), "ref."] if len(ks) else ["ref."])
+            ax.set_xlim(0.7, REF_X * 1.6)
+            if not len(ks):
                 ax.text(
                     0.5,
                     0.1,
@@ -230,7 +259,7 @@ def _k_spectrum(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: 
                     fontsize=8,
                 )
             ax.set_xlabel("K (number of fixed subnetworks trained)")
-            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
+            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL (nats)")
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_title(_title(df, data, model))
@@ -249,12 +278,32 @@ def _k_spectrum(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: 
                 + "; plain: "
                 + _cell(_sel(df, data, model, "plain"), _clean("deterministic", "acc"))
             )
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(
-        "The K-spectrum: K fixed subnetworks vs dropout (K -> infinity); mean and 95% CI over seeds"
+    handles, labels = _unique_legend(axes)
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+        handlelength=HANDLELENGTH,
     )
-    fig.tight_layout()
+    fig.suptitle(
+        "The K-spectrum: K fixed subnetworks vs dropout (K -> infinity); mean and 95% CI over seeds\n"
+        "(horizontal lines: reference means; their 95% CIs as error bars at 'ref.')",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save_figure(fig, out_dir, "k_spectrum")
+
+
+def _unique_legend(axes: np.ndarray) -> tuple[list, list[str]]:
+    """The legend entries of every panel, each label once (panels may lack some methods)."""
+    found: dict[str, object] = {}
+    for ax in np.ravel(axes):
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(n, h)
+    return list(found.values()), list(found)
 
 
 def _cell(sub: pd.DataFrame, key: str) -> str:
@@ -266,65 +315,124 @@ def _cell(sub: pd.DataFrame, key: str) -> str:
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, key_a: str, key_b: str) -> np.ndarray:
     """Per-seed ``a[key_a] - b[key_b]`` over the seeds both have."""
+    if key_a not in a or key_b not in b:
+        return np.array([], dtype=float)
     x = a.set_index("cfg.seed")[key_a]
     y = b.set_index("cfg.seed")[key_b]
     common = x.index.intersection(y.index)
     return (x.loc[common] - y.loc[common]).to_numpy(dtype=float)
 
 
+ONE_SUBNETWORK = "one random subnetwork (a noisy evaluation of the same weights)"
+
+
+def decomposition_parts(
+    drop: pd.DataFrame, plain: pd.DataFrame, t: int, m: str
+) -> dict[str, np.ndarray]:
+    """Per-seed paired differences of metric ``m`` (``acc`` or ``nll``) of one (data, model):
+    dropout's gain over plain = (the dropout network's deterministic, weight-scaled pass - plain)
+    + (MC at T - that deterministic pass), their sum (MC at T - plain), and, as a reference outside
+    the sum, one random subnetwork (the mean metric of single masks, ``mc<T>/member_<m>``) - plain.
+    """
+    mc, det = keys.mc_label(t), "deterministic"
+    return {
+        "deterministic (weight-scaled) pass of the dropout net - plain": _paired(
+            drop, plain, _clean(det, m), _clean(det, m)
+        ),
+        f"+ MC averaging: MC T={t} - deterministic pass": _paired(
+            drop, drop, _clean(mc, m), _clean(det, m)
+        ),
+        f"total: MC T={t} - plain": _paired(drop, plain, _clean(mc, m), _clean(det, m)),
+        f"reference: {ONE_SUBNETWORK} - plain": _paired(
+            drop, plain, _clean(mc, f"member_{m}"), _clean(det, m)
+        ),
+    }
+
+
+# bar offsets within one architecture: the three terms of the sum, a gap, the reference
+DECOMPOSITION_X = (-0.33, -0.13, 0.07, 0.33)
+DECOMPOSITION_STYLE = (  # (colour, hatch)
+    ("#0173b2", None),
+    ("#029e73", None),
+    ("#555555", None),
+    ("#dddddd", "//"),
+)
+
+
 def _decomposition(df: pd.DataFrame, panels: list, t: int, out_dir: Path, section: Section) -> str:
-    mc = keys.mc_label(t)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
-    width = 0.25
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    width = 0.18
+    rows = []
     for ax, m, label in zip(
-        axes, ("acc", "nll"), ("change in test accuracy vs plain", "change in test NLL vs plain")
+        axes,
+        ("acc", "nll"),
+        ("change in test accuracy vs plain", "change in test NLL vs plain (nats)"),
     ):
+        what = "accuracy" if m == "acc" else "NLL"
         for j, (data, model) in enumerate(panels):
             drop, plain = _sel(df, data, model, "dropout"), _sel(df, data, model, "plain")
             if not (len(drop) and len(plain)):
                 continue
-            member = _clean(mc, f"member_{m}")  # mean metric of single random masks
-            parts = {
-                "one random subnetwork - plain": _paired(
-                    drop, plain, member, _clean("deterministic", m)
-                ),
-                f"MC average (T={t}) - one subnetwork": _paired(drop, drop, _clean(mc, m), member),
-                f"total: MC T={t} - plain": _paired(
-                    drop, plain, _clean(mc, m), _clean("deterministic", m)
-                ),
-            }
-            for i, (name, diffs) in enumerate(parts.items()):
-                s = seed_stats(diffs)
-                err = ci_yerr(s)
+            for i, (name, diffs) in enumerate(decomposition_parts(drop, plain, t, m).items()):
+                d = (
+                    stats.paired_difference(diffs, np.zeros_like(diffs))
+                    if len(diffs)
+                    else dict(NO_PAIRS)
+                )
+                s = {"mean": d["mean_diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+                color, hatch = DECOMPOSITION_STYLE[i]
                 ax.bar(
-                    j + (i - 1) * width,
-                    s["mean"],
+                    j + DECOMPOSITION_X[i],
+                    s["mean"] if len(diffs) else 0.0,
                     width,
-                    yerr=err,
+                    yerr=ci_yerr(s) if len(diffs) else None,
                     capsize=3,
                     edgecolor="k",
                     lw=0.4,
-                    color=["#de8f05", "#0173b2", "#555555"][i],
+                    color=color,
+                    hatch=hatch,
                     label=name if j == 0 else None,
                 )
+                ax.scatter(
+                    np.full(len(diffs), j + DECOMPOSITION_X[i]), diffs, color="k", s=6, zorder=3
+                )
+                cell = fmt_paired(d, 4)
                 section.results.append(
-                    f"{_title(df, data, model)}: {name} ({'accuracy' if m == 'acc' else 'NLL'}): "
-                    f"{fmt_ci(s['mean'], s['ci_low'], s['ci_high'], 4)} ({int(s['n'])} paired seeds)"
+                    f"{_title(df, data, model)}: {name} ({what}): {cell} "
+                    f"({int(d['n'])} paired seeds)"
+                )
+                rows.append(
+                    {
+                        "architecture": _title(df, data, model),
+                        "metric": what,
+                        "term": name,
+                        "pairs": int(d["n"]),
+                        "difference [95% CI], paired t": cell,
+                    }
                 )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(panels)), [_title(df, *p) for p in panels], fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(
-        "Dropout's gain over plain = regularization (one subnetwork) + averaging (paired by seed, 95% CI)"
+        "Dropout's gain over plain = deterministic (weight-scaled) pass + MC averaging, with one "
+        "random subnetwork\nas a reference outside the sum (paired by seed: bars mean, 95% CI; "
+        "dots seeds)",
+        fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    columns = ["architecture", "metric", "term", "pairs", "difference [95% CI], paired t"]
+    section.tables.append(
+        write_table(pd.DataFrame(rows, columns=columns), out_dir, "decomposition")
+    )
     return save_figure(fig, out_dir, "decomposition")
 
 
 def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 7.4), squeeze=False)
+    sizes: set[int] = set()
     for j, (data, model) in enumerate(panels):
         for i, m in enumerate(("acc", "nll")):
             ax = axes[i, j]
@@ -332,24 +440,27 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
             ts = mc_sizes(drop, m)
             if ts:
                 s = [seed_stats(drop[_clean(keys.mc_label(t), m)]) for t in ts]
-                band_stats(
+                ci_line_stats(
                     ax,
-                    np.array(ts),
+                    dodge(ts, 0, 3, 0.15, log=True),
                     s,
                     color=PALETTE["dropout"],
+                    marker="o",
                     label="MC dropout, T masks",
                 )
             sub = _sel(df, data, model, "subnets")
-            ks = sorted(sub["cfg.method.k"].dropna().unique())
+            ks = sorted(int(k) for k in sub["cfg.method.k"].dropna().unique())
             if ks:
                 s = [
                     seed_stats(sub.loc[sub["cfg.method.k"] == k, _clean("members", m)]) for k in ks
                 ]
-                band_stats(
+                ci_line_stats(
                     ax,
-                    np.array(ks),
+                    dodge(ks, 1, 3, 0.15, log=True),
                     s,
                     color=PALETTE["subnets"],
+                    marker="^",
+                    ls="--",
                     label="K fixed subnetworks (trained with K)",
                 )
             ens = _sel(df, data, model, "ensemble")
@@ -358,13 +469,16 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                 cols = [_clean(keys.prefix_label(k), m) for k in ms] + [_clean("members", m)]
                 ms = [*ms, int(ens["cfg.method.k"].iloc[0])]
                 s = [seed_stats(ens[c]) for c in cols]
-                band_stats(
+                ci_line_stats(
                     ax,
-                    np.array(ms),
+                    dodge(ms, 2, 3, 0.15, log=True),
                     s,
                     color=PALETTE["ensemble"],
+                    marker="s",
+                    ls="-.",
                     label="first m of 4 independent nets",
                 )
+            sizes.update([*ts, *ks, *ms])
             if not (ts or ks or ms):
                 ax.text(
                     0.5,
@@ -375,133 +489,209 @@ def _members_curve(df: pd.DataFrame, panels: list, out_dir: Path) -> str:
                     transform=ax.transAxes,
                 )
             ax.set_xscale("log", base=2)
-            ax.set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
             ax.set_xlabel("members averaged (T, K or m)")
-            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL")
+            ax.set_ylabel("test accuracy" if m == "acc" else "test NLL (nats)")
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_title(_title(df, data, model))
-    axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Accuracy and NLL vs number of members averaged (mean and 95% CI over seeds)")
-    fig.tight_layout()
+    ticks = sorted(sizes) or [1, 2, 4, 8, 16, 32, 64]
+    for ax in axes.ravel():
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
+    handles, labels = _unique_legend(axes)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
+    fig.suptitle(
+        "Accuracy and NLL vs number of members averaged (mean and 95% CI over seeds; "
+        "x shifted per method)",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return save_figure(fig, out_dir, "members_curve")
 
 
-def _diversity_plane(df: pd.DataFrame, panels: list, t: int, out_dir: Path) -> str:
-    mc = keys.mc_label(t)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+MATCHED_T = 4  # the count of the diversity results line: MC T = 4 vs the K = 4 explicit ensemble
+
+
+def normalized_disagreement(rows: pd.DataFrame, label: str) -> pd.Series:
+    """Per run: disagreement of a member with the average / the member error
+    (``disagreement / (1 - member_acc)``, Fort et al. 2019): diversity per unit of error, so that
+    weaker members do not look diverse only because they err more."""
+    if _clean(label, "disagreement") not in rows or _clean(label, "member_acc") not in rows:
+        return pd.Series(np.nan, index=rows.index)
+    error = 1.0 - rows[_clean(label, "member_acc")].astype(float)
+    return rows[_clean(label, "disagreement")].astype(float) / error.where(error > 0)
+
+
+def matched_points(df: pd.DataFrame, data: str, model: str) -> list[tuple]:
+    """The (method, members, runs, label) of one (data, model) at matched member counts: every
+    count C >= 2 that MC dropout (``mc<C>``) and a trained set of members share (K subnetworks, the
+    explicit ensemble's first m or all K members); at each such C the MC samples of dropout (and of
+    the ensemble objective) and the members of every explicit method."""
+    drop = _sel(df, data, model, "dropout")
+    explicit: list[tuple] = []
+    sub = _sel(df, data, model, "subnets")
+    for k in sorted(int(k) for k in sub["cfg.method.k"].dropna().unique()):
+        if k > 1:
+            explicit.append(("subnets", k, sub[sub["cfg.method.k"] == k], "members"))
+    ens = _sel(df, data, model, "ensemble")
+    if len(ens):
+        k = int(ens["cfg.method.k"].iloc[0])
+        for m in _prefix_sizes(ens, "disagreement"):
+            if 1 < m < k:
+                explicit.append(("ensemble", m, ens, keys.prefix_label(m)))
+        explicit.append(("ensemble", k, ens, "members"))
+    mc = set(mc_sizes(drop, "disagreement"))
+    counts = sorted({c for _, c, _, _ in explicit} & mc)
+    points = [("dropout", c, drop, keys.mc_label(c)) for c in counts]
+    obj = _sel(df, data, model, "dropout_objective")
+    points += [
+        ("dropout_objective", c, obj, keys.mc_label(c))
+        for c in counts
+        if len(obj) and _clean(keys.mc_label(c), "disagreement") in obj
+    ]
+    return points + [p for p in explicit if p[1] in counts]
+
+
+DIVERSITY_STYLE = {  # method: (legend name, colour, marker, line style)
+    "dropout": ("MC dropout, T = C masks", PALETTE["dropout"], "o", "-"),
+    "dropout_objective": (
+        "dropout, ensemble objective, T = C",
+        PALETTE["dropout (ensemble objective)"],
+        "D",
+        ":",
+    ),
+    "subnets": ("K = C fixed subnetworks", PALETTE["subnets"], "^", "--"),
+    "ensemble": ("C independent nets (first C of 4)", PALETTE["ensemble"], "s", "-."),
+}
+
+
+def _diversity_plane(df: pd.DataFrame, panels: list, out_dir: Path, section: Section) -> str:
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.9 * len(panels), 4.6), squeeze=False)
     for ax, (data, model) in zip(axes[0], panels):
-        points = [
-            ("dropout", mc, None, f"MC dropout (T={t})", PALETTE["dropout"], "o"),
-            (
-                "dropout_objective",
-                mc,
-                None,
-                "dropout, ensemble objective",
-                PALETTE["dropout (ensemble objective)"],
-                "D",
-            ),
-            ("ensemble", "members", None, "4 independent nets", PALETTE["ensemble"], "s"),
-        ]
-        sub = _sel(df, data, model, "subnets")
-        for k in sorted(sub["cfg.method.k"].dropna().unique()):
-            if k > 1:
-                points.append(
-                    ("subnets", "members", int(k), f"subnets K={int(k)}", PALETTE["subnets"], "^")
-                )
-        for kind, strategy, k, label, color, marker in points:
-            rows = _sel(df, data, model, kind)
-            if k is not None:
-                rows = rows[rows["cfg.method.k"] == k]
-            if not len(rows):
-                continue
-            x = seed_stats(rows[_clean(strategy, "disagreement")])
-            y = seed_stats(rows[_clean(strategy, "member_acc")])
-            xerr = ci_yerr(x)
-            yerr = ci_yerr(y)
-            ax.errorbar(
-                x["mean"],
-                y["mean"],
-                xerr=xerr,
-                yerr=yerr,
-                fmt=marker,
-                color=color,
-                capsize=3,
-                label=("subnets (K marked)" if kind == "subnets" else label)
-                if kind != "subnets" or k == 2
-                else None,
-                ms=6,
-            )
-            if k is not None:
+        points = matched_points(df, data, model)
+        for method, (name, color, marker, ls) in DIVERSITY_STYLE.items():
+            mine = [p for p in points if p[0] == method]
+            xs, ys = [], []
+            for _, count, rows, label in mine:
+                x = seed_stats(rows[_clean(label, "member_acc")])
+                y = seed_stats(normalized_disagreement(rows, label))
+                ax.errorbar(
+                    x["mean"], y["mean"], xerr=ci_yerr(x), yerr=ci_yerr(y), fmt=marker,
+                    color=color, capsize=2, ms=5, elinewidth=0.8, alpha=0.8,
+                )  # fmt: skip
                 ax.annotate(
-                    f"K={k}",
-                    (x["mean"], y["mean"]),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-        if not ax.has_data():
+                    str(count), (x["mean"], y["mean"]), fontsize=7, color=color,
+                    xytext=(4, 3), textcoords="offset points",
+                )  # fmt: skip
+                xs.append(x["mean"])
+                ys.append(y["mean"])
+            if mine:  # one line per method through its counts (the legend entry)
+                ax.plot(xs, ys, color=color, ls=ls, marker=marker, ms=5, lw=1, label=name)
+        if not points:
             ax.text(
-                0.5, 0.5, "no complete runs yet", ha="center", va="center", transform=ax.transAxes
+                0.5,
+                0.5,
+                "no matched member counts\nin the records yet",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
             )
-        ax.set_xlabel("disagreement of a member with the ensemble")
-        ax.set_ylabel("member accuracy")
+        ax.set_xlabel("member accuracy")
+        ax.set_ylabel("disagreement / (1 - member accuracy)")
         ax.set_title(_title(df, data, model))
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Diversity-accuracy plane (Fort et al. 2019): mean and 95% CI over seeds")
-    fig.tight_layout()
+        section.results.append(_matched_line(df, data, model))
+    handles, labels = _unique_legend(axes)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
+    fig.suptitle(
+        "Diversity per unit of error at matched member counts C (numbers at the points; "
+        "Fort et al. 2019):\ndisagreement of a member with the average / member error, "
+        "mean and 95% CI over seeds",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save_figure(fig, out_dir, "diversity_plane")
 
 
+def _matched_line(df: pd.DataFrame, data: str, model: str) -> str:
+    """The results line of the normalized disagreement at T = K = :data:`MATCHED_T`."""
+    c = MATCHED_T
+    label = keys.mc_label(c)
+    cells, runs = [], {}
+    for method, name, rows, strategy in (
+        ("dropout", f"dropout MC T={c}", _sel(df, data, model, "dropout"), label),
+        (
+            "dropout_objective",
+            f"dropout ensemble objective T={c}",
+            _sel(df, data, model, "dropout_objective"),
+            label,
+        ),
+        ("ensemble", f"ensemble K={c}", _ensemble_of(df, data, model, c), "members"),
+        ("subnets", f"subnets K={c}", _subnets_of(df, data, model, c), "members"),
+    ):
+        values = normalized_disagreement(rows, strategy)
+        if not values.notna().any():
+            continue
+        s = seed_stats(values)
+        runs[method] = rows.assign(_nd=values)
+        cells.append(f"{name} {fmt_ci(s['mean'], s['ci_low'], s['ci_high'])}")
+    head = (
+        f"{_title(df, data, model)}: disagreement / (1 - member accuracy) at T = K = {c} "
+        f"(matched member counts)"
+    )
+    if "dropout" not in runs or "ensemble" not in runs:
+        missing = "dropout MC T=4" if "dropout" not in runs else "an ensemble of K=4"
+        return f"{head}: not in the records ({missing} missing)" + (
+            f"; {'; '.join(cells)}" if cells else ""
+        )
+    d = paired_by_seed(runs["ensemble"], runs["dropout"], "_nd")
+    return f"{head}: {'; '.join(cells)} (ensemble - dropout, paired by seed: {fmt_paired(d)})"
+
+
+def _ensemble_of(df: pd.DataFrame, data: str, model: str, k: int) -> pd.DataFrame:
+    ens = _sel(df, data, model, "ensemble")
+    return ens[ens["cfg.method.k"] == k]
+
+
+def _subnets_of(df: pd.DataFrame, data: str, model: str, k: int) -> pd.DataFrame:
+    sub = _sel(df, data, model, "subnets")
+    return sub[sub["cfg.method.k"] == k]
+
+
 def _exhaustive(exh: pd.DataFrame, t: int, out_dir: Path, section: Section) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    bars = [
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    points = [
         ("deterministic", "weight scaling"),
         ("exhaustive_geometric", "all masks, geometric mean"),
         ("exhaustive_mean", "all masks, arithmetic mean"),
         (keys.mc_label(t), f"MC T={t}"),
         (ONE_MASK, "one random mask"),
     ]
-    for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL")):
-        for i, (strategy, name) in enumerate(bars):
-            s = (
-                seed_stats(exh[_clean(strategy, m)])
-                if _clean(strategy, m) in exh
-                else seed_stats([])
-            )
-            err = ci_yerr(s)
-            ax.bar(
-                i,
-                s["mean"],
-                yerr=err,
-                capsize=4,
-                color=["#0173b2", "#029e73", "#de8f05", "#cc78bc", "#999999"][i],
-                edgecolor="k",
-                lw=0.4,
-            )
-            ax.scatter(
-                np.full(len(exh), i),
-                exh.get(_clean(strategy, m), pd.Series(dtype=float)),
-                color="k",
-                s=8,
-                zorder=3,
-            )
+    colors = ["#0173b2", "#029e73", "#de8f05", "#cc78bc", "#999999"]
+    for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL (nats)")):
+        for i, (strategy, name) in enumerate(points):
+            key = _clean(strategy, m)
+            dot_ci(ax, i, exh.get(key, []), colors[i])
             if m == "nll":
                 section.results.append(
                     f"tiny MLP (12 hidden units, p=0.5), {name}: accuracy "
                     f"{_cell(exh, _clean(strategy, 'acc'))}, NLL {_cell(exh, _clean(strategy, 'nll'))}"
                 )
-        ax.set_xticks(range(len(bars)), [b[1] for b in bars], rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(points)), [b[1] for b in points], rotation=20, ha="right", fontsize=8
+        )
+        ax.set_xlim(-0.6, len(points) - 0.4)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-        ss = [seed_stats(exh[_clean(s, m)]) for s, _ in bars if _clean(s, m) in exh]
-        # with one seed there is no interval (NaN): the limits then come from the means
-        lo = np.nanmin([v for x in ss for v in (x["ci_low"], x["mean"])])
-        hi = np.nanmax([v for x in ss for v in (x["ci_high"], x["mean"])])
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
     fig.suptitle(
-        "Exhaustive average over all 4096 subnetworks vs weight scaling and MC (bars: mean, 95% CI; dots: seeds)",
+        "Exhaustive average over all 4096 subnetworks vs weight scaling and MC "
+        "(mean and 95% CI over seeds; black dots: seeds)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -14,15 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
+from matplotlib.ticker import ScalarFormatter
 
 from dropens import keys
 from dropens.reporting.common import (
+    HANDLELENGTH,
     Section,
-    band_stats,
-    band_table,
     ci_cell,
+    ci_line_stats,
+    ci_line_table,
+    dodge,
     headline_t,
     save_figure,
     seed_stats,
@@ -94,33 +96,42 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
         if len(plain)
         else None
     )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, m, label in zip(axes, ("acc", "nll"), ("test accuracy", "test NLL (nats, log scale)")):
+        lane = 0
         for scale, color in SCALE_COLORS.items():
             sub = summary[summary["cfg.dropout.scale"] == scale].sort_values("cfg.dropout.p")
-            for ws, ls in (("ws_off", "-"), ("ws_on", "--")):
+            for ws, ls, marker in (("ws_off", "-", "o"), ("ws_on", "--", "s")):
                 key = keys.test("clean", ws, m)
-                band_table(
+                ci_line_table(
                     ax,
-                    sub["cfg.dropout.p"].to_numpy(),
+                    dodge(sub["cfg.dropout.p"].to_numpy(), lane, 4, 0.012),
                     sub,
                     key,
                     color=color,
                     ls=ls,
+                    marker=marker,
                     label=f"scale={scale}, eval x{'1' if ws == 'ws_off' else ' keep'}",
                 )
+                lane += 1
         if m == "acc" and s_plain and s_plain["n"]:
             ax.axhline(s_plain["mean"], color="#7f7f7f", ls=":", label="plain (no dropout)")
-        ax.set_xlabel("drop probability p")
+        ax.set_xlabel("drop probability p (lines shifted apart)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if m == "nll":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle(
         "Deterministic pass with eval multiplier 1 vs keep (MNIST-1D MLP; mean, 95% CI over seeds)"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     section.figures.append(save_figure(fig, out_dir, "weight_scaling"))
 
     if not mags.empty:
@@ -138,21 +149,25 @@ def _signal_ratio(mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
     rows = mags[(mags["kind"] == "dropout") & (mags["where"] == "output")]
     layers = list(dict.fromkeys(rows["layer"]))
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    lanes = len(SCALE_COLORS) * max(len(layers), 1)
     for ax, col, label in zip(axes, ("mean_ratio", "var_ratio"), ("mean", "variance")):
+        lane = 0
         for scale, color in SCALE_COLORS.items():
             for li, layer in enumerate(layers):
                 per_run = rows[(rows["scale"] == scale) & (rows["layer"] == layer)]
                 ps = sorted(per_run["p"].unique())
                 s = [seed_stats(per_run.loc[per_run["p"] == p, col]) for p in ps]
-                band_stats(
+                ci_line_stats(
                     ax,
-                    np.array(ps),
+                    dodge(ps, lane, lanes, 0.012),
                     s,
                     color=color,
                     ls=styles[li % 4],
+                    marker="os^D"[li % 4],
                     label=f"scale={scale}, dropout layer {li + 1} ({layer})",
                 )
+                lane += 1
                 if col == "mean_ratio":
                     section.results.append(
                         f"mean activation after dropout layer {li + 1}, eval/train, scale={scale}: "
@@ -174,14 +189,18 @@ def _signal_ratio(mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
                     label=f"closed form, layer {li + 1} (Li et al. 2019)",
                 )
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xlabel("drop probability p")
+        ax.set_xlabel("drop probability p (lines shifted apart)")
         ax.set_ylabel(f"{label} after dropout: eval / train")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle(
         "Signal after each dropout layer, deterministic vs training pass (MLP without BN; 95% CI over seeds)"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return save_figure(fig, out_dir, "signal_ratio")
 
 
@@ -231,7 +250,7 @@ def _variance_shift(mags: pd.DataFrame, out_dir: Path, section: Section) -> str:
         "Variance shift at every dropout layer\n(one point per layer and run, with and without BN)",
         fontsize=10,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, handlelength=HANDLELENGTH)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out_dir, "variance_shift")
@@ -267,21 +286,24 @@ def _batchnorm(bn: pd.DataFrame, t: int, out_dir: Path, section: Section) -> str
             f"recomputed with dropout off {ci_cell(r, keys.test('clean', 'bn_recomputed', 'acc'))}, "
             f"MC T={t} {ci_cell(r, keys.test('clean', mc, 'acc'))}"
         )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
     for sites, ax in zip(("hidden", "head"), axes):
         sub = summary[summary["sites"] == sites].sort_values("cfg.dropout.p")
-        for s, color, label in (
-            ("deterministic", "#0173b2", "deterministic"),
-            ("bn_recomputed", "#029e73", "BN stats recomputed, dropout off"),
-            (mc, "#de8f05", f"MC T={t}"),
+        for lane, (s, color, marker, label) in enumerate(
+            (
+                ("deterministic", "#0173b2", "o", "deterministic"),
+                ("bn_recomputed", "#029e73", "s", "BN stats recomputed, dropout off"),
+                (mc, "#de8f05", "^", f"MC T={t}"),
+            )
         ):
             key = keys.test("clean", s, "acc")
-            band_table(
+            ci_line_table(
                 ax,
-                sub["cfg.dropout.p"].to_numpy(),
+                dodge(sub["cfg.dropout.p"].to_numpy(), lane, 3, 0.012),
                 sub,
                 key,
                 color=color,
+                marker=marker,
                 label=label,
             )
         if plain["n"]:
@@ -292,10 +314,14 @@ def _batchnorm(bn: pd.DataFrame, t: int, out_dir: Path, section: Section) -> str
             else "dropout after the last BatchNorm (sites=head)",
             fontsize=10,
         )
-        ax.set_xlabel("drop probability p")
+        ax.set_xlabel("drop probability p (lines shifted apart)")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle("Dropout and BatchNorm (MNIST-1D MLP with BN; mean, 95% CI over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, out_dir, "batchnorm")

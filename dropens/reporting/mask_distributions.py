@@ -20,6 +20,7 @@ import pandas as pd
 
 from dropens import keys
 from dropens.reporting.common import (
+    HANDLELENGTH,
     PALETTE,
     PairedGroup,
     Section,
@@ -38,7 +39,7 @@ from dropens.reporting.common import (
 DISTS = ("bernoulli", "gaussian", "uniform")
 DIST_COLORS = {"bernoulli": "#0173b2", "gaussian": "#de8f05", "uniform": "#029e73"}
 ARCHS = {"mlp": "MNIST-1D MLP", "cnn1d": "MNIST-1D CNN"}
-METRICS = {"acc": "test accuracy", "nll": "test NLL", "ece": "test ECE (15 bins)"}
+METRICS = {"acc": "test accuracy", "nll": "test NLL (nats)", "ece": "test ECE (15 bins)"}
 DIVERSITY = {"mi": "mutual information (nats)", "disagreement": "disagreement with the average"}
 
 
@@ -208,7 +209,10 @@ def _metrics_vs_p(
             if i == 0:
                 ax.set_title(ARCHS.get(arch, arch))
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle(
         "Mask distributions of equal mean and variance (x shifted per distribution): "
         "mean and 95% CI over seeds"
@@ -245,9 +249,13 @@ def _diversity_vs_p(
             ax.grid(alpha=0.3)
             if i == 0:
                 ax.set_title(ARCHS.get(arch, arch))
-    axes[0, 0].legend(fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle(
         f"Diversity of the MC-dropout samples (T={keys.mc_samples(mc)}); mean and 95% CI over seeds"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return save_figure(fig, out_dir, "diversity_vs_p")

@@ -16,7 +16,8 @@ Per arm (data x model), paired by seed:
   the dropout network's deterministic pass, + averaging, one random subnetwork, an explicit
   ensemble; with and without temperature scaling), ``mc_curve`` (MC dropout vs T, calibrated
   and not, against the deterministic pass), ``diversity`` (normalized disagreement, mutual
-  information and Jensen gap at T = K = 4 against an ensemble of 4 independent networks).
+  information and Jensen gap at T = K = 4 against an ensemble of 4 independent networks),
+  ``reliability`` (pooled over seeds, with the share of examples per bin).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dropens.reporting.common import (
     seed_stats,
     write_table,
 )
+from dropens.reporting.reliability import reliability_figure
 from dropens.study import load_study_file
 
 ARMS = {
@@ -319,7 +321,32 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.figures.append(_decomposition(df, t, out_dir))
     section.figures.append(_mc_curve(df, out_dir))
     section.figures.append(_diversity(df, out_dir))
+    fig = _reliability(df, t, out_dir)
+    if fig:
+        section.figures.append(fig)
     return section
+
+
+def _reliability(df: pd.DataFrame, t: int, out_dir: Path) -> str | None:
+    df = df.assign(arm=df.apply(arm_of, axis=1))
+    colors = {
+        "plain": PALETTE["plain"],
+        "explicit": "#cc78bc",
+        "dropout": PALETTE["dropout"],
+        "ensemble": PALETTE["ensemble"],
+    }
+    rows = []
+    for arm in [a for a in ARMS if a in set(df["arm"])]:
+        runs = df[df["arm"] == arm]
+        panels = []
+        for method, label, shown in EVALUATIONS:
+            chosen = runs[runs["cfg.method.name"] == method]
+            lab = _label(label, t)
+            if chosen.empty or label == "single" or keys.test("clean", lab, "ece") not in chosen:
+                continue
+            panels.append((chosen, lab, shown.replace("MC average", f"MC T={t}"), colors[method]))
+        rows.append((ARMS.get(arm, arm), panels))
+    return reliability_figure(rows, out_dir)
 
 
 def _paired_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -432,7 +459,7 @@ def _decomposition(df: pd.DataFrame, t: int, out_dir: Path) -> str:
     df = df.assign(arm=df.apply(arm_of, axis=1))
     arms = [a for a in ARMS if a in set(df["arm"])]
     shown = [e for e in EVALUATIONS if e[0] != "plain"]
-    colors = [PALETTE["plain"], PALETTE["dropout"], "#56b4e9", "#034f84", PALETTE["ensemble"]]
+    colors = ["#cc78bc", PALETTE["dropout"], "#56b4e9", "#034f84", PALETTE["ensemble"]]
     fig, axes = plt.subplots(2, len(arms), figsize=(4.6 * len(arms), 7.0), squeeze=False)
     for j, arm in enumerate(arms):
         runs = df[df["arm"] == arm]
@@ -525,24 +552,27 @@ def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
             )
             det = seed_stats(_values(runs, "dropout", "deterministic", metric))
             ax.axhline(det["mean"], color="k", ls="--", lw=1.2, label="dropout, deterministic")
-            if metric == "nll":
+            if metric == "nll":  # both temperature-scaled: the comparison Q2 makes
                 head = sizes[-1]
-                for label, style, name in (
-                    (keys.ts_label(keys.mc_label(head)), "s", f"MC T={head}, TS"),
-                    (keys.ts_label("deterministic"), "D", "deterministic, TS"),
-                ):
-                    v = seed_stats(_values(runs, "dropout", label, metric))
-                    ax.errorbar(
-                        [head],
-                        [v["mean"]],
-                        yerr=[[v["mean"] - v["ci_low"]], [v["ci_high"] - v["mean"]]]
-                        if np.isfinite(v["ci_low"])
-                        else None,
-                        fmt=style,
-                        color="#de8f05" if style == "s" else "#555555",
-                        capsize=3,
-                        label=name,
-                    )
+                v = seed_stats(_values(runs, "dropout", keys.ts_label("deterministic"), metric))
+                ax.axhline(
+                    v["mean"], color="#555555", ls=":", lw=1.4, label="dropout, deterministic, TS"
+                )
+                v = seed_stats(_values(runs, "dropout", keys.ts_label(keys.mc_label(head)), metric))
+                err = (
+                    [[v["mean"] - v["ci_low"]], [v["ci_high"] - v["mean"]]]
+                    if np.isfinite(v["ci_low"])
+                    else None
+                )
+                ax.errorbar(
+                    [head * 1.3],
+                    [v["mean"]],
+                    yerr=err,
+                    fmt="s",
+                    color="#de8f05",
+                    capsize=3,
+                    label=f"MC T={head}, TS",
+                )
             ax.set_xscale("log", base=2)
             ax.set_xticks(sizes, [str(x) for x in sizes])
             ax.set_xlabel("MC samples T")

@@ -4,7 +4,7 @@
   cue-conflicting set, drawn by the generator (:mod:`dropens.data.faces`) with the study's seed;
 - ``reliance``: at the study's main rho, per method: accuracy in distribution (``iid``), on
   decorrelated (``clean``) and cue-conflicting faces, worst-group accuracy, and the flip rate when
-  the teeth are painted in or out of the same faces (bars: mean and 95% CI over seeds, dots: seeds);
+  the teeth are painted in or out of the same faces (mean and 95% CI over seeds, dots: seeds);
 - ``rho_sweep``: flip rate and conflict accuracy against the training cue rate rho;
 - ``occlusion``: occlusion-sensitivity maps (mean drop of the true-class probability when an 8x8
   patch is blanked) per method, averaged over test faces and seeds, on one colour scale.
@@ -25,16 +25,17 @@ import torch
 from dropens import keys
 from dropens.data.faces import render, sample_faces
 from dropens.reporting.common import (
+    HANDLELENGTH,
     PALETTE,
     Section,
-    band_table,
     ci_cell,
-    ci_yerr,
+    ci_line_table,
+    dodge,
+    dot_ci,
     fmt_paired,
     paired_by_seed,
     require_columns,
     save_figure,
-    seed_stats,
     summarize_groups,
     write_paired_table,
     write_table,
@@ -198,64 +199,84 @@ def _samples(out_dir: Path) -> str:
     return save_figure(fig, out_dir, "samples")
 
 
-def _bars(ax: plt.Axes, data: pd.DataFrame, col: str, methods: list[str]) -> None:
+def _dots(ax: plt.Axes, data: pd.DataFrame, col: str, methods: list[str]) -> None:
+    """Per method: mean and 95% CI over seeds, seeds as dots (a dot plot: accuracies lie far from
+    0, where bars would need an axis cut above 0)."""
     for i, m in enumerate(methods):
-        vals = data.loc[data["method"] == m, col].to_numpy(float)
-        s = seed_stats(vals)
-        ax.bar(i, s["mean"], yerr=ci_yerr(s), color=COLOURS[m], capsize=4, edgecolor="k", lw=0.4)
-        ax.scatter(np.full(len(vals), i), vals, color="k", s=8, zorder=3)
+        dot_ci(ax, i, data.loc[data["method"] == m, col].to_numpy(float), COLOURS[m])
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.grid(axis="y", alpha=0.3)
 
 
 def _reliance(long: pd.DataFrame, out_dir: Path) -> str:
     main = long[np.isclose(long["rho"], MAIN_RHO)]
     methods = [m for m, _ in METHODS if m in set(main["method"])]
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.3 * len(MEASURES), 3.9))
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.3 * len(MEASURES), 4.2))
     for ax, (col, _, label) in zip(axes, MEASURES):
-        _bars(ax, main, col, methods)
+        _dots(ax, main, col, methods)
         ax.set_title(label, fontsize=9)
+        if col.startswith("acc"):  # two classes: a coin flip is right half of the time
+            ax.axhline(0.5, color="k", lw=0.8, ls=":", label="chance (1/2)")
         lo, hi = ax.get_ylim()
-        if col != "flip_rate":
-            lo = float(np.nanmin(main[col])) - 0.05
-        ax.set_ylim(max(lo, 0.0), min(hi, 1.0))  # rates: a t-interval of few seeds may overshoot
+        hi = min(hi, 1.0)  # rates: a t-interval of few seeds may overshoot
+        # accuracies: not below 0; rates: from 0, with a margin that keeps a dot at 0 whole
+        ax.set_ylim(max(lo, 0.0) if col.startswith("acc") else -0.03 * hi, hi)
     n = main["cfg.seed"].nunique()
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", ms=7, color="#555555", label="mean, 95% CI"),
+        plt.Line2D([], [], ls="", marker=".", color="k", label="one seed"),
+        plt.Line2D([], [], ls=":", color="k", lw=0.8, label="chance (1/2, accuracies)"),
+    ]
+    fig.legend(
+        handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
     fig.suptitle(
-        f"Reliance on the teeth cue at rho={MAIN_RHO} (bars: mean, error bars: 95% CI over {n} "
-        "seeds, dots: seeds; dropout scored by its deterministic pass)",
+        f"Reliance on the teeth cue at rho={MAIN_RHO} (mean and 95% CI over {n} seeds, dots: "
+        "seeds; dropout scored by its deterministic pass)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, out_dir, "reliance")
 
 
 def _rho_sweep(summary: pd.DataFrame, out_dir: Path) -> str:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
+    lanes = [m for m, _ in METHODS if (summary["method"] == m).sum() >= 2]
+    rhos = np.unique(summary["rho"].to_numpy(dtype=float))
+    gap = float(np.min(np.diff(rhos))) if len(rhos) > 1 else 0.05
     for ax, col, label in (
         (axes[0], "flip_rate", "flip rate (teeth in vs out)"),
         (axes[1], "acc_conflict", "accuracy, cue always wrong"),
         (axes[2], "acc_iid", "accuracy, iid"),
     ):
         for m, colour in METHODS:
-            rows = summary[summary["method"] == m].sort_values("rho")
-            if len(rows) < 2:
+            if m not in lanes:
                 continue
-            band_table(
+            rows = summary[summary["method"] == m].sort_values("rho")
+            ci_line_table(
                 ax,
-                rows["rho"].to_numpy(),
+                dodge(rows["rho"].to_numpy(), lanes.index(m), len(lanes), 0.5 * gap / len(lanes)),
                 rows,
                 f"{col}",
                 color=colour,
+                marker="o",
                 label=m,
             )
-        ax.set_xlabel("training cue-label agreement rho")
+        ax.set_xlabel("training cue-label agreement rho (x shifted per method)")
         ax.set_ylabel(label)
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 1.0))  # rates: a t-interval of few seeds may overshoot
+        ax.set_xticks(rhos)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Shortcut reliance against the cue rate (mean and 95% CI band over seeds)")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
+        handlelength=HANDLELENGTH,
+    )  # fmt: skip
+    fig.suptitle("Shortcut reliance against the cue rate (mean and 95% CI over seeds)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, out_dir, "rho_sweep")
 
 

@@ -49,7 +49,7 @@ STRUCTURE_COLORS = {
     "block": "#cc78bc",
     "plain": PALETTE["plain"],
 }
-METRICS = {"acc": "test accuracy", "nll": "test NLL", "ece": "test ECE (15 bins)"}
+METRICS = {"acc": "test accuracy", "nll": "test NLL (nats)", "ece": "test ECE (15 bins)"}
 DIVERSITY = {"mi": "mutual information (nats)", "disagreement": "disagreement with the average"}
 REFERENCE = "element"
 

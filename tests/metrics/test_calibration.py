@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from dropens.errors import ConfigError
+from dropens.errors import ConfigError, InputError
 from dropens.metrics import calibration as cal
 
 
@@ -218,13 +218,13 @@ def test_fit_temperature_recovers_known_temperature(t0, reported):
     labels = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
     assert 4 * _temperature_se(z) < 0.05  # the 5% tolerance is > 4 standard errors
     logits, expected = (z * t0, t0) if reported == "times" else (z / t0, 1 / t0)
-    fitted = cal.fit_temperature(logits.float(), labels)
+    fitted = cal.fit_temperature(logits.float(), labels, inputs="logits")
     assert fitted == pytest.approx(expected, rel=0.05)
     # log-probabilities give the same temperature as logits (a row shift does not matter)
     assert cal.fit_temperature(torch.log_softmax(logits, -1), labels) == pytest.approx(
         fitted, rel=1e-4
     )
-    calibrated = cal.apply_temperature(logits, fitted)
+    calibrated = cal.apply_temperature(logits, fitted, inputs="logits")
     assert torch.allclose(calibrated, torch.softmax(z * (expected / fitted), -1))
 
 
@@ -244,18 +244,19 @@ def test_fit_temperature_on_an_ensemble_scales_the_aggregate(how):
         truth = torch.log(torch.softmax(member_logits, -1).mean(0)) / t0
     labels = torch.multinomial(torch.softmax(truth, -1), 1, generator=g).squeeze(1)
     assert 4 * _temperature_se(truth) < 0.05
-    fitted = cal.fit_temperature(member_logits, labels, aggregate=how)
+    fitted = cal.fit_temperature(member_logits, labels, aggregate=how, inputs="logits")
     assert fitted == pytest.approx(t0, rel=0.05)
-    probs = cal.apply_temperature(member_logits, fitted, aggregate=how)
+    probs = cal.apply_temperature(member_logits, fitted, aggregate=how, inputs="logits")
     assert probs.shape == (n, c)
-    assert cal.nll(probs, labels) < cal.nll(cal.apply_temperature(member_logits, 1.0, how), labels)
+    unscaled = cal.apply_temperature(member_logits, 1.0, how, inputs="logits")
+    assert cal.nll(probs, labels) < cal.nll(unscaled, labels)
 
 
 def test_single_member_ensemble_equals_single_model():
     probs, labels = random_probs(3000, 5, seed=4, scale=4.0, dtype=torch.float64)
-    logits = torch.log(probs)
-    single = cal.fit_temperature(logits, labels)
-    assert cal.fit_temperature(logits[None], labels) == pytest.approx(single, rel=1e-6)
+    logprobs = torch.log(probs)
+    single = cal.fit_temperature(logprobs, labels)
+    assert cal.fit_temperature(logprobs[None], labels) == pytest.approx(single, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- selective prediction
@@ -368,3 +369,204 @@ def test_ood_auroc_chance_on_identical_distributions():
     # H0: AUROC ~ 0.5 with SE sqrt((n_in + n_out + 1) / (12 n_in n_out)) (Mann-Whitney)
     se = math.sqrt((2 * n + 1) / (12 * n * n))
     assert abs(cal.ood_auroc(s_in, s_out).item() - 0.5) < 4 * se
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _bad_probs(kind: str) -> torch.Tensor:
+    """``[4, 3]`` float32 "probabilities" that are wrong in one way."""
+    probs, _ = random_probs(4, 3, seed=0)
+    if kind == "sum2":
+        return probs * 2
+    if kind == "negative":  # still sums to 1
+        return probs + torch.tensor([-0.5, 0.25, 0.25])
+    if kind == "nan":
+        probs[1, 2] = float("nan")
+    elif kind == "inf":
+        probs[2, 0] = float("inf")
+    elif kind == "logits":
+        return torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    elif kind == "off_by_2e-3":
+        return probs + torch.tensor([2e-3, 0.0, 0.0])
+    return probs
+
+
+BAD_PROBS = {
+    "sum2": r"probs row \(0,\) sums to 2 over the last axis .*within 0.001",
+    "negative": r"probs has negative values .*\[0, 1\]",
+    "nan": r"probs has 1 non-finite value\(s\) \(NaN or inf; first nan at index \(1, 2\)\)",
+    "inf": r"probs has 1 non-finite value\(s\) \(NaN or inf; first inf at index \(2, 0\)\)",
+    "logits": r"probs (has negative values|row .* sums to)",
+    "off_by_2e-3": r"probs row \(0,\) sums to 1.002",
+}
+
+# every public metric of calibration.py taking (probs [N, C], labels [N])
+PROB_METRICS = {
+    "accuracy": cal.accuracy,
+    "nll": cal.nll,
+    "brier": cal.brier,
+    "ece": cal.ece,
+    "ece_mass": lambda p, y: cal.ece(p, y, 5, "mass"),
+    "mce": cal.mce,
+    "classwise_ece": cal.classwise_ece,
+    "reliability": cal.reliability,
+    "aurc": cal.aurc,
+    "ood_scores": lambda p, y: cal.ood_scores(p),
+}
+
+
+def _assert_one_line(info: pytest.ExceptionInfo, *fragments: str) -> None:
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("kind", list(BAD_PROBS))
+@pytest.mark.parametrize("name", list(PROB_METRICS))
+def test_every_metric_refuses_values_that_are_not_probabilities(name, kind):
+    _, labels = random_probs(4, 3, seed=0)
+    bad = _bad_probs(kind)
+    arg = "member_probs" if name == "ood_scores" else "probs"
+    with pytest.raises(InputError, match=BAD_PROBS[kind].replace("probs", arg, 1)) as info:
+        PROB_METRICS[name](bad, labels)
+    _assert_one_line(info, arg)
+
+
+BAD_LABELS = {
+    "too_large": (lambda y: y + 3, r"labels has values in \[3, 5\]; expected class indices in"),
+    "negative": (lambda y: y - 3, r"labels has values in \[-3, -1\]; expected .*\[0, 3\)"),
+    "float": (lambda y: y.double(), r"labels has shape \(4,\) float64; expected an integer"),
+    "bool": (lambda y: y > 0, r"labels has shape \(4,\) bool; expected an integer"),
+    "2d": (lambda y: y[:, None], r"labels has shape \(4, 1\)"),
+    "short": (lambda y: y[:3], r"labels has 3 entries; expected N=4"),
+    "list": (lambda y: y.tolist(), r"labels has shape list"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_LABELS))
+@pytest.mark.parametrize("name", [k for k in PROB_METRICS if k != "ood_scores"])
+def test_every_metric_refuses_bad_labels(name, kind):
+    probs, _ = random_probs(4, 3, seed=0)
+    labels = torch.tensor([0, 1, 2, 0])
+    change, match = BAD_LABELS[kind]
+    with pytest.raises(InputError, match=match) as info:
+        PROB_METRICS[name](probs, change(labels))
+    _assert_one_line(info, "labels")
+
+
+BAD_SHAPES = {
+    "1d": (lambda p: p[0], r"probs has shape \(3,\); expected a float tensor \[N, C\]"),
+    "3d_member": (lambda p: p[None].expand(2, -1, -1), r"probs has shape \(2, 4, 3\)"),
+    "no_examples": (lambda p: p[:0], r"probs has shape \(0, 3\); expected at least one example"),
+    "no_classes": (lambda p: p[:, :0], r"probs has shape \(4, 0\)"),
+    "integer": (lambda p: (p > 0.5).long(), r"probs has shape \(4, 3\); expected a float"),
+    "numpy": (lambda p: p.numpy(), r"probs has shape ndarray"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SHAPES))
+@pytest.mark.parametrize("name", [k for k in PROB_METRICS if k != "ood_scores"])
+def test_every_metric_refuses_bad_shapes(name, kind):
+    probs, labels = random_probs(4, 3, seed=0)
+    change, match = BAD_SHAPES[kind]
+    with pytest.raises(InputError, match=match) as info:
+        PROB_METRICS[name](change(probs), labels)
+    _assert_one_line(info, "probs")
+
+
+def test_ood_scores_refuses_bad_shapes():
+    probs, _ = random_probs(4, 3, seed=0)
+    for bad in (probs[0], probs[None, None], probs[:0]):
+        with pytest.raises(InputError, match=r"member_probs has shape"):
+            cal.ood_scores(bad)
+
+
+@pytest.mark.parametrize(
+    "kind, values, match",
+    [
+        ("nan", [0.1, float("nan"), 0.3], r"has 1 NaN or inf value\(s\)"),
+        ("inf", [0.1, float("inf"), 0.3], r"has 1 NaN or inf value\(s\)"),
+        ("minus_inf", [float("-inf"), 0.2, 0.3], r"has 1 NaN or inf value\(s\)"),
+    ],
+)
+@pytest.mark.parametrize("fn", [cal.ood_auroc, cal.fpr_at_95_tpr])
+@pytest.mark.parametrize("which", ["scores_in", "scores_out"])
+def test_ood_detection_refuses_non_finite_scores(fn, which, kind, values, match):
+    good, bad = torch.tensor([0.4, 0.5, 0.6]), torch.tensor(values)
+    args = (bad, good) if which == "scores_in" else (good, bad)
+    with pytest.raises(InputError, match=f"{which} {match}") as info:
+        fn(*args)
+    _assert_one_line(info, which)
+
+
+@pytest.mark.parametrize("fn", [cal.ood_auroc, cal.fpr_at_95_tpr])
+def test_ood_detection_refuses_bad_score_shapes(fn):
+    good = torch.tensor([0.4, 0.5, 0.6])
+    for bad, match in (
+        (torch.zeros(0), r"scores_out has shape \(0,\)"),
+        (torch.zeros(2, 2), r"scores_out has shape \(2, 2\)"),
+        ([0.1, 0.2], r"scores_out has shape list"),
+    ):
+        with pytest.raises(InputError, match=match):
+            fn(good, bad)
+
+
+@pytest.mark.parametrize("tpr", [0.0, 1.5, float("nan"), True, "0.95"])
+def test_fpr_refuses_bad_tpr(tpr):
+    with pytest.raises(ConfigError, match=r"tpr=.* is not valid; expected a rate in \(0, 1\]"):
+        cal.fpr_at_95_tpr(torch.tensor([0.1, 0.2]), torch.tensor([0.0]), tpr=tpr)
+
+
+def test_aurc_refuses_non_finite_or_misshaped_confidence():
+    probs, labels = random_probs(4, 3, seed=0)
+    with pytest.raises(InputError, match=r"confidence has NaN or inf values"):
+        cal.aurc(probs, labels, confidence=torch.tensor([1.0, float("nan"), 0.0, 2.0]))
+    with pytest.raises(InputError, match=r"confidence has shape \(3,\); expected \[N\]=\(4,\)"):
+        cal.aurc(probs, labels, confidence=torch.ones(3))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_apply_temperature_refuses_bad_temperature(temperature):
+    probs, _ = random_probs(4, 3, seed=0)
+    with pytest.raises(ConfigError, match=r"temperature=.* is not valid; expected a finite"):
+        cal.apply_temperature(probs.log(), temperature)
+
+
+def test_nan_no_longer_looks_like_a_result():
+    """The reported cases: NaN gave accuracy 0.25 and OOD AUROC 0.75; sums of 2 gave an NLL."""
+    nan = torch.full((4, 3), float("nan"))
+    with pytest.raises(InputError, match="probs has 12 non-finite"):
+        cal.accuracy(nan, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(InputError, match="scores_in has 1 NaN"):
+        cal.ood_auroc(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 0.5]))
+    with pytest.raises(InputError, match=r"probs row \(0,\) sums to 2"):
+        cal.nll(torch.ones(2, 2), torch.tensor([0, 1]))
+
+
+def test_tolerance_accepts_float_rounding_and_refuses_real_mistakes():
+    probs, labels = random_probs(500, 10, seed=3)
+    # float16 storage round trip (predictions.npz), read back as float32 without renormalizing
+    round_trip = probs.half().float()
+    assert (round_trip.sum(-1) - 1).abs().max() > 1e-6  # the rows are really off
+    cal.nll(round_trip, labels)
+    cal.nll(probs.half(), labels)  # float16 itself (tolerance 2 eps ~ 2e-3)
+    cal.nll(probs.bfloat16(), labels)  # bfloat16 (2 eps ~ 1.6e-2)
+    cal.nll(probs + 9e-4 / 10, labels)  # within 1e-3
+    with pytest.raises(InputError, match=r"within 0.001"):
+        cal.nll(probs + 1.1e-3 / 10, labels)
+    with pytest.raises(InputError, match=r"within 0.00195"):
+        cal.nll((probs + 3e-3 / 10).half(), labels)
+    # zeros and ones are probabilities
+    assert cal.nll(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])).item() == 0.0
+
+
+@pytest.mark.parametrize("bad", ["sum2", "nan", "negative"])
+def test_wrong_inputs_argument_is_named(bad):
+    _, labels = random_probs(4, 3, seed=0)
+    with pytest.raises(InputError, match=r"member_probs"):
+        cal.ood_scores(_bad_probs(bad)[None].expand(2, -1, -1))
+    with pytest.raises(InputError, match=r"inputs='probs' but logits_or_logprobs"):
+        cal.fit_temperature(_bad_probs(bad), labels, inputs="probs")

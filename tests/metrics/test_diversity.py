@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
-from dropens.errors import ConfigError
+from dropens.errors import ConfigError, InputError
 from dropens.metrics import calibration as cal
 from dropens.metrics import diversity as div
 from dropens.metrics.summary import aggregate
@@ -200,3 +200,126 @@ def test_bad_input_raises_config_error():
         div.ensemble_gain(probs, labels, aggregate="median")
     with pytest.raises(ConfigError, match=r"labels has 9 entries"):
         div.q_statistic(probs, labels[:9])
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _bad_members(kind: str) -> torch.Tensor:
+    """``[2, 4, 3]`` float32 member "probabilities" that are wrong in one way."""
+    probs, _ = random_members(2, 4, 3, seed=0)
+    probs = probs.float()
+    if kind == "sum2":
+        return probs * 2
+    if kind == "negative":  # still sums to 1
+        return probs + torch.tensor([-0.5, 0.25, 0.25])
+    if kind == "nan":
+        probs[1, 2, 0] = float("nan")
+    elif kind == "inf":
+        probs[0, 3, 1] = float("inf")
+    elif kind == "logits":
+        return torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1))
+    elif kind == "one_member_off":
+        probs[1, 0] += 0.01
+    return probs
+
+
+BAD_MEMBERS = {
+    "sum2": r"member_probs row \(0, 0\) sums to 2 over the last axis",
+    "negative": r"member_probs has negative values .*first at index \(0, 0, 0\)",
+    "nan": r"member_probs has 1 non-finite value\(s\) \(NaN or inf; first nan at index \(1, 2, 0\)",
+    "inf": r"member_probs has 1 non-finite value\(s\) \(NaN or inf; first inf at index \(0, 3, 1\)",
+    "logits": r"member_probs (has negative values|row .* sums to)",
+    "one_member_off": r"member_probs row \(1, 0\) sums to 1.03",
+}
+
+# every public function of diversity.py, as (member_probs [M, N, C], labels [N]) -> value
+MEMBER_METRICS = {
+    "predictive_entropy": lambda p, y: div.predictive_entropy(p),
+    "expected_entropy": lambda p, y: div.expected_entropy(p, "none"),
+    "mutual_information": lambda p, y: div.mutual_information(p),
+    "disagreement": lambda p, y: div.disagreement(p),
+    "normalized_disagreement": div.normalized_disagreement,
+    "diversity_accuracy_plane": div.diversity_accuracy_plane,
+    "pairwise_kl": lambda p, y: div.pairwise_kl(p),
+    "pairwise_js": lambda p, y: div.pairwise_js(p, matrix=True),
+    "ensemble_gain": div.ensemble_gain,
+    "ensemble_gain_geometric": lambda p, y: div.ensemble_gain(p, y, "geometric"),
+    "brier_ambiguity": div.brier_ambiguity,
+    "error_correlation": div.error_correlation,
+    "q_statistic": div.q_statistic,
+}
+WITH_LABELS = [
+    "normalized_disagreement",
+    "diversity_accuracy_plane",
+    "ensemble_gain",
+    "ensemble_gain_geometric",
+    "brier_ambiguity",
+    "error_correlation",
+    "q_statistic",
+]
+
+
+def _one_line(info: pytest.ExceptionInfo, name: str) -> None:
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ConfigError)
+    assert "\n" not in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.parametrize("kind", list(BAD_MEMBERS))
+@pytest.mark.parametrize("name", list(MEMBER_METRICS))
+def test_every_diversity_metric_refuses_values_that_are_not_probabilities(name, kind):
+    labels = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(InputError, match=BAD_MEMBERS[kind]) as info:
+        MEMBER_METRICS[name](_bad_members(kind), labels)
+    _one_line(info, "member_probs")
+
+
+@pytest.mark.parametrize("name", ["predictive_entropy", "expected_entropy", "mutual_information"])
+def test_one_prediction_input_is_checked_too(name):
+    with pytest.raises(InputError, match=r"member_probs row \(0,\) sums to 2"):
+        MEMBER_METRICS[name](_bad_members("sum2")[0], None)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda y: y + 3, r"labels has values in \[3, 5\]; expected class indices in \[0, 3\)"),
+        (lambda y: y - 1, r"labels has values in \[-1, 1\]"),
+        (lambda y: y.float(), r"labels has shape \(4,\) float32; expected an integer tensor"),
+        (lambda y: y[:2], r"labels has 2 entries; expected N=4"),
+        (lambda y: y[None], r"labels has shape \(1, 4\)"),
+    ],
+)
+@pytest.mark.parametrize("name", WITH_LABELS)
+def test_every_diversity_metric_refuses_bad_labels(name, change, match):
+    probs, _ = random_members(2, 4, 3, seed=0)
+    with pytest.raises(InputError, match=match) as info:
+        MEMBER_METRICS[name](probs, change(torch.tensor([0, 1, 2, 0])))
+    _one_line(info, "labels")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda p: p[0, 0], r"member_probs has shape \(3,\); expected a float tensor \[M, N, C\]"),
+        (lambda p: p[None], r"member_probs has shape \(1, 2, 4, 3\)"),
+        (lambda p: p[:0], r"member_probs has shape \(0, 4, 3\); expected M >= 1, N >= 1"),
+        (lambda p: p[:, :0], r"member_probs has shape \(2, 0, 3\)"),
+        (lambda p: p[:, :, :0], r"member_probs has shape \(2, 4, 0\)"),
+        (lambda p: (p > 0.5).long(), r"member_probs has shape \(2, 4, 3\); expected a float"),
+        (lambda p: p.tolist(), r"member_probs has shape list"),
+    ],
+)
+@pytest.mark.parametrize("name", list(MEMBER_METRICS))
+def test_every_diversity_metric_refuses_bad_shapes(name, change, match):
+    probs, labels = random_members(2, 4, 3, seed=0)
+    with pytest.raises(InputError, match=match) as info:
+        MEMBER_METRICS[name](change(probs), labels)
+    _one_line(info, "member_probs")
+
+
+def test_float16_members_pass_and_their_float32_round_trip_too():
+    probs, labels = random_members(5, 300, 10, seed=1)
+    for members in (probs.half(), probs.half().float(), probs.bfloat16()):
+        for fn in MEMBER_METRICS.values():
+            fn(members, labels)  # no error: rounding is within the tolerance

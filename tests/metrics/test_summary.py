@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dropens.metrics as metrics
-from dropens.errors import ConfigError
+from dropens.errors import ConfigError, InputError
 from dropens.metrics import calibration as cal
 from dropens.metrics import diversity as div
 from dropens.metrics import stats
@@ -94,3 +94,55 @@ def test_every_public_function_documents_its_formula_and_shapes(name, obj):
 def test_package_exports():
     for name in metrics.__all__:
         assert hasattr(metrics, name), name
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda p: p * 2, r"member_probs row \(0, 0\) sums to 2"),
+        (lambda p: p.index_fill(2, torch.tensor([0]), float("nan")), r"member_probs has 100 non"),
+        (lambda p: p - 0.25, r"member_probs has negative values"),
+        (lambda p: torch.log(p), r"member_probs has negative values"),
+        (lambda p: p[0], r"member_probs has shape \(50, 4\)"),
+    ],
+)
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda p, y: aggregate(p),
+        lambda p, y: aggregate(p, "geometric", torch.full((2,), 0.5, dtype=torch.float64)),
+        prediction_metrics,
+        lambda p, y: prediction_metrics(p, y, "geometric"),
+    ],
+)
+def test_aggregate_and_prediction_metrics_refuse_non_probabilities(fn, change, match):
+    probs, labels = random_members(2, 50, 4, seed=3)
+    with pytest.raises(InputError, match=match) as info:
+        fn(change(probs), labels)
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_prediction_metrics_refuses_bad_labels_and_weights():
+    probs, labels = random_members(2, 50, 4, seed=3)
+    with pytest.raises(InputError, match=r"labels has values in \[0, 4\]"):
+        prediction_metrics(probs, labels.index_fill(0, torch.tensor([0]), 4))
+    with pytest.raises(InputError, match=r"weights must be non-negative and sum to 1"):
+        aggregate(probs, "mean", torch.tensor([0.5, float("nan")], dtype=torch.float64))
+
+
+def test_prediction_metrics_checks_once_and_accepts_float16_round_trips():
+    probs, labels = random_members(3, 200, 10, seed=4)
+    stored = probs.half().float()  # predictions.npz round trip, not renormalized
+    ref = prediction_metrics(probs, labels)
+    got = prediction_metrics(stored, labels)
+    assert got["nll"] == pytest.approx(ref["nll"], rel=1e-2)
+    # inside prediction_metrics the values are trusted after the one check; outside they are not
+    from dropens.metrics import _common
+
+    with _common.values_checked():
+        aggregate(probs * 2)
+    with pytest.raises(InputError):
+        aggregate(probs * 2)

@@ -56,3 +56,11 @@ def test_bad_input_raises_config_error():
     metric.update(probs, labels)
     with pytest.raises(ConfigError, match=r"expected \[3, B, 4\]"):
         metric.update(probs[:2], labels)
+
+
+def test_values_are_checked_at_compute():
+    probs, labels = random_members(2, 8, 4, seed=0)
+    metric = PredictionMetrics()
+    metric.update(probs * 2, labels)  # shapes only per batch: no GPU sync
+    with pytest.raises(ConfigError, match=r"member_probs row \(0, 0\) sums to 2"):
+        metric.compute()
