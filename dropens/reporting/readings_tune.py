@@ -70,9 +70,11 @@ def selection_table(df: pd.DataFrame) -> pd.DataFrame:
             )
         complete = all(c["seeds"] == n_seeds for c in cells)
         best = min(cells, key=lambda c: (c["val_nll_mean"], c["value"]))
+        edge = best["value"] == max(c["value"] for c in cells)
         for c in cells:
             c["selected"] = bool(complete and c is best)
             c["complete"] = complete
+            c["edge"] = bool(c["selected"] and edge)
         rows += cells
     return pd.DataFrame(rows)
 
@@ -98,7 +100,10 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
                     table["val_acc_mean"], table["val_acc_lo"], table["val_acc_hi"]
                 )
             ],
-            "selected": table["selected"].map({True: "selected", False: ""}),
+            "selected": [
+                ("selected (largest value tried)" if e else "selected") if sel else ""
+                for sel, e in zip(table["selected"], table["edge"])
+            ],
         }
     )
     section.tables.append(write_table(shown, out_dir, "selection"))
@@ -109,6 +114,11 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
             f"{ARM_TITLES.get(row['arm'], row['arm'])}, {row['method']}: {row['knob']}="
             f"{row['value']:g} (validation NLL {fmt_ci(row['val_nll_mean'], row['val_nll_lo'], row['val_nll_hi'], 4)}"
             f" over {int(row['seeds'])} seeds)"
+            + (
+                " -- the largest value tried: the optimum may lie beyond the grid"
+                if row["edge"]
+                else ""
+            )
         )
     for (arm, method), group in table.groupby(["arm", "method"], sort=False):
         if not group["complete"].all():
