@@ -10,7 +10,10 @@
     dropens list                     # the studies, their claims, runs trained and committed
 
 Bad input prints one line (``error: <field>=<value> is not valid; choose one of: ...``) and exits
-with status 2 before anything is trained or written.
+with status 2 before anything is trained or written; so does a damaged file (naming it and the
+fix). A run that cannot complete soundly (its loss became non-finite, another process trains it)
+prints one line and exits with status 1, without ``DONE``. SIGTERM / SIGINT stop ``train`` and
+``study`` at a safe point with one line and exit status 143 / 130; the same command resumes.
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from dropens.paths import check_dir
     from dropens.reporting import build_report
     from dropens.study import study_names
 
     if args.all == bool(args.name):
         raise ConfigError("give one study name or --all (e.g. dropens report quickstart)")
+    check_dir(args.out, "--out")
     for name in study_names() if args.all else [args.name]:
         build_report(
             name, args.overrides, reports_root=args.out, wandb=args.wandb, source=args.source
@@ -139,11 +144,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(e.startswith("-") for e in extra) or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    from dropens import signals
+    from dropens.failures import RunFailed, Stopped
+
     try:
-        return args.func(args)
+        with signals.guard():
+            return args.func(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Stopped as stop:
+        print(_one_line(stop), file=sys.stderr, flush=True)
+        return stop.exit_code
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
     """One-line errors for malformed overrides and unknown group choices (before Hydra's own)."""
     for item in overrides:
         key, sep, value = item.partition("=")
+        if not sep and key.startswith("~"):  # deletion: ~key (the schema says if it is required)
+            continue
         if not sep:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. dropout.p=0.1)"

@@ -14,7 +14,11 @@ One run writes one directory, complete or visibly incomplete::
 
 Every file is written to a temporary name and moved into place (``os.replace``), so a crash never
 leaves a truncated file; ``DONE`` is removed before a run (re)starts, so a directory without
-``DONE`` is never taken for complete.
+``DONE`` is never taken for complete. ``metrics.json`` is strict JSON: a non-finite value is
+written as ``null`` and read back as NaN (:meth:`RunRecord.metrics`). A record is *done* when it
+has ``DONE`` and its ``config.yaml``, ``metrics.json`` and ``run.json`` read back
+(:meth:`RunRecord.damage`): a record damaged after the fact is neither complete nor a crash, it
+is listed as damaged and retrained.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,16 +40,61 @@ import yaml
 from torch import Tensor
 
 DONE = "DONE"
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary sibling and move it into place (never a truncated file)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # an error or a stop signal: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def read_metrics_file(path: Path) -> dict[str, float]:
+    """A ``metrics.json``: ``null`` read back as NaN.
+
+    Raises:
+        DamagedFile: unreadable, not JSON, or not an object of numbers (one line: file and fix).
+    """
+    from dropens.failures import DamagedFile
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise DamagedFile(_damage_line(path, err)) from None
+    if not isinstance(data, dict) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        for v in data.values()
+    ):
+        raise DamagedFile(_damage_line(path, "not a JSON object of numbers"))
+    return {k: math.nan if v is None else v for k, v in data.items()}
+
+
+def _damage_line(path: Path, err: object) -> str:
+    reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    reason = " ".join(str(reason).split())[:160]
+    return (
+        f"{path} is damaged ({reason}); the run record is not usable: rerun the run "
+        f"(dropens train ... overwrite=true) or delete {path.parent}"
+    )
 
 
 # Settings that say where or how visibly a run executes, not what it computes: the same run on a
@@ -110,8 +161,28 @@ class RunRecord:
     # ------------------------------------------------------------------ state
 
     @property
-    def done(self) -> bool:
+    def marked_done(self) -> bool:
+        """``DONE`` exists (the run finished), whether or not its files still read back."""
         return (self.path / DONE).exists()
+
+    @property
+    def done(self) -> bool:
+        """Complete: ``DONE`` exists and the record reads back (:meth:`damage`)."""
+        return self.marked_done and self.damage() is None
+
+    def damage(self) -> str | None:
+        """Why a record marked ``DONE`` is not usable (one line naming the file), else ``None``."""
+        from dropens.failures import DamagedFile
+
+        if not self.marked_done:
+            return None
+        try:
+            self.config()
+            read_metrics_file(self.path / "metrics.json")
+            self.info()
+        except DamagedFile as err:
+            return str(err)
+        return None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -122,6 +193,20 @@ class RunRecord:
         return last if last.exists() else None
 
     # ------------------------------------------------------------------ writing
+
+    def move_aside(self) -> Path | None:
+        """Move the directory to a hidden timestamped sibling ``.<run id>.replaced-<time>`` (which
+        :func:`study_runs` does not list); nothing is deleted. Returns the new path."""
+        if not self.path.exists():
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f".{self.path.name}.replaced-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f".{self.path.name}.replaced-{stamp}-{n}")
+        self.path.rename(target)
+        return target
 
     def begin(self, config: Mapping[str, Any]) -> None:
         """Create the directory, mark it incomplete (remove ``DONE``) and write ``config.yaml``."""
@@ -134,6 +219,11 @@ class RunRecord:
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write(self.path / name, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+    def write_metrics(self, metrics: Mapping[str, float]) -> None:
+        """``metrics.json`` as strict JSON: non-finite values as ``null`` (read back as NaN)."""
+        text = json.dumps(strict_json(dict(metrics)), indent=1, sort_keys=True, allow_nan=False)
+        atomic_write(self.path / "metrics.json", (text + "\n").encode())
 
     def write_predictions(self, arrays: Mapping[str, Tensor | np.ndarray]) -> None:
         """Store ``{"<set>/<strategy>": member_probs [M, N, C], "labels/<set>": [N]}`` compactly.
@@ -156,15 +246,41 @@ class RunRecord:
     # ------------------------------------------------------------------ reading
 
     def config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        """``config.yaml``.
+
+        Raises:
+            DamagedFile: unreadable or not a mapping (one line: the file and the fix).
+        """
+        from dropens.failures import DamagedFile
+
+        path = self.path / "config.yaml"
+        try:
+            data = yaml.load(path.read_bytes(), Loader=_YamlLoader)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise DamagedFile(_damage_line(path, err)) from None
+        if not isinstance(data, dict):
+            raise DamagedFile(_damage_line(path, "not a mapping"))
+        return data
 
     def metrics(self) -> dict[str, float]:
-        return json.loads((self.path / "metrics.json").read_text())
+        """``metrics.json`` (``null`` read back as NaN); :class:`DamagedFile` if unreadable."""
+        return read_metrics_file(self.path / "metrics.json")
 
     def read_json(self, name: str) -> Any:
-        """A JSON file of the record (``magnitudes.json``, ``occlusion.json``...); ``None`` if absent."""
+        """A JSON file of the record (``magnitudes.json``, ``occlusion.json``...); ``None`` if absent.
+
+        Raises:
+            DamagedFile: present but not readable JSON (one line: the file and the fix).
+        """
+        from dropens.failures import DamagedFile
+
         path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError) as err:
+            raise DamagedFile(_damage_line(path, err)) from None
 
     def magnitudes(self) -> pd.DataFrame | None:
         """``magnitudes.json`` as one row per (layer, ``input`` | ``output``, call); ``None`` if absent
@@ -177,8 +293,12 @@ class RunRecord:
 
     def info(self) -> dict[str, Any]:
         """``run.json`` (wall time, versions, commit, device); empty if absent."""
-        path = self.path / "run.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        from dropens.failures import DamagedFile
+
+        info = self.read_json("run.json")
+        if info is not None and not isinstance(info, dict):
+            raise DamagedFile(_damage_line(self.path / "run.json", "not a JSON object"))
+        return info or {}
 
     def predictions(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "predictions.npz") as z:
@@ -211,11 +331,16 @@ def _flatten(prefix: str, node: Any, out: dict[str, Any]) -> None:
 
 
 def study_runs(results_root: str | os.PathLike, study: str) -> list[RunRecord]:
-    """Every run directory of a study (complete or not), sorted by name."""
+    """Every run directory of a study (complete or not), sorted by name; hidden ones (records
+    moved aside by ``overwrite=true``, ``.submitit``) are not runs."""
     root = Path(results_root) / study
     if not root.is_dir():
         return []
-    return [RunRecord(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
+    return [
+        RunRecord(p)
+        for p in sorted(root.iterdir())
+        if not p.name.startswith(".") and (p / "config.yaml").exists()
+    ]
 
 
 def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
@@ -223,18 +348,31 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
     flattened config (``cfg.<path>``), metrics (their own keys), ``run_id``, ``done``, ``path``,
     run info (``git_commit``, ``git_dirty``, ``code_commit``, ``wall_s``, ``device``, ``steps``)
     and ``record``: the run object itself (``record.magnitudes()``, ``.occlusion()``,
-    ``.reliability(key)`` read what a figure needs beyond the scalars)."""
+    ``.reliability(key)`` read what a figure needs beyond the scalars). A run directory marked
+    ``DONE`` whose files do not read back has ``done`` false and ``damaged`` saying why."""
+    from dropens.failures import DamagedFile
+
     rows = []
     for run in runs:
+        if isinstance(run, RunRecord):
+            damage = run.damage()
+            done = run.marked_done and damage is None
+        else:
+            damage, done = None, bool(run.done)
         row: dict[str, Any] = {
             "run_id": getattr(run, "run_id", run.path.name),
-            "done": run.done,
+            "done": done,
             "path": str(run.path),
         }
+        if damage is not None:
+            row["damaged"] = damage
         cfg: dict[str, Any] = {}
-        _flatten("cfg", run.config(), cfg)
+        try:
+            _flatten("cfg", run.config(), cfg)
+        except DamagedFile as err:  # an incomplete run whose config does not read back
+            row.setdefault("damaged", str(err))
         row.update(cfg)
-        if run.done:
+        if row["done"]:
             row.update(run.metrics())
             info = run.info()
             row.update({k: info.get(k) for k in INFO_COLUMNS})

@@ -25,8 +25,11 @@ import copy
 import datetime
 import itertools
 import json
+import os
 import re
+import signal
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,8 @@ import yaml
 from dropens import keys
 from dropens.config import compose, config_dir, to_container
 from dropens.errors import ConfigError, bad_choice
+from dropens.failures import DamagedFile
+from dropens.paths import check_name
 from dropens.results import RunRecord
 
 STUDY_KEYS = (
@@ -150,10 +155,11 @@ def load_study_file(name: str) -> Study:
     Raises:
         ConfigError: unknown study (naming the valid ones) or a malformed file.
     """
+    check_name("study", name)
     path = experiments_dir() / f"{name}.yaml"
     if not path.exists():
         raise bad_choice("study", name, study_names())
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_study_yaml(path)
     unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; valid keys: {', '.join(STUDY_KEYS)}")
@@ -161,18 +167,58 @@ def load_study_file(name: str) -> Study:
     if not isinstance(grid, list) or not all(isinstance(b, dict) for b in grid):
         raise ConfigError(f"{path}: grid must be a list of {{override: value | [values]}} blocks")
     seeds = raw.get("seeds", [0])
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(
+            f"{path}: seeds={seeds!r} is not valid; give a list of integers, e.g. [0, 1, 2]"
+        )
+    lists = {key: raw.get(key) or [] for key in ("overrides", "smoke", "figures")}
+    for key, value in lists.items():
+        if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+            raise ConfigError(f"{path}: {key} must be a list of strings, e.g. [data=mnist1d]")
+    predictions = raw.get("predictions") or {}
+    if not isinstance(predictions, dict):
+        raise ConfigError(f"{path}: predictions must be a mapping")
     return Study(
         name=name,
         claim=str(raw.get("claim", "")).strip(),
         setup=str(raw.get("setup", "")).strip(),
         report=str(raw.get("report", name)),
-        overrides=[str(o) for o in raw.get("overrides", [])],
-        seeds=[int(s) for s in (seeds if isinstance(seeds, list) else [seeds])],
+        overrides=[str(o) for o in lists["overrides"]],
+        seeds=seeds,
         grid=grid,
-        smoke=[str(o) for o in raw.get("smoke", [])],
-        figures=[str(f) for f in raw.get("figures", [])],
-        predictions=dict(raw.get("predictions") or {}),
+        smoke=[str(o) for o in lists["smoke"]],
+        figures=[str(f) for f in lists["figures"]],
+        predictions=dict(predictions),
     )
+
+
+def _read_study_yaml(path: Path) -> dict[str, Any]:
+    """An experiments file as a mapping; one line naming the file and the fix otherwise."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedFile(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start : err.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise DamagedFile(f"{path}: cannot be read ({err.strerror}); check the file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DamagedFile(f"{path}: not valid YAML ({where}{problem}); fix the file") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DamagedFile(
+            f"{path}: holds a {type(raw).__name__} ({str(raw)[:40]!r}), not a mapping of "
+            f"{', '.join(STUDY_KEYS)}; fix the file"
+        )
+    return raw
 
 
 @dataclass
@@ -228,12 +274,14 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]
 def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = yaml.safe_load(text)
-        seeds = seeds if isinstance(seeds, list) else [seeds]
-        return [int(s) for s in seeds]
-    except (ValueError, TypeError, yaml.YAMLError) as err:
+    except yaml.YAMLError:
+        seeds = None
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(
             f"seeds={text!r} is not valid; give a list of integers, e.g. seeds=[0,1,2]"
-        ) from err
+        )
+    return seeds
 
 
 def launcher_config(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -248,8 +296,47 @@ def launcher_config(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
         key, _, value = item.partition("=")
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise bad_choice(f"launcher.{key}", value, [f"launcher.{k}" for k in cfg])
-        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"launcher.{key}={value!r} is not a valid value") from None
+        OmegaConf.update(cfg, key, parsed, merge=False)
+    out = OmegaConf.to_container(cfg, resolve=True)
+    check_launcher(out)  # type: ignore[arg-type]
+    return out  # type: ignore[return-value]
+
+
+# launcher settings that must be integers >= the bound (when present); booleans; optional text
+LAUNCHER_INTS = {
+    "workers": 1,
+    "timeout_min": 1,
+    "cpus_per_task": 1,
+    "array_parallelism": 1,
+    "gpus_per_node": 0,
+    "signal_delay_s": 1,
+}
+LAUNCHER_BOOLS = ("keep_going", "wait")
+LAUNCHER_TEXT = ("partition", "account", "qos", "constraint", "folder", "requeue_signal")
+
+
+def check_launcher(launcher: Mapping[str, Any]) -> None:
+    """One-line errors for launcher values of the wrong kind (before anything is submitted)."""
+    from dropens.schema import check_bool, check_int, check_number
+
+    for key, low in LAUNCHER_INTS.items():
+        if key in launcher:
+            check_int(f"launcher.{key}", launcher[key], low)
+    for key in LAUNCHER_BOOLS:
+        if key in launcher:
+            check_bool(f"launcher.{key}", launcher[key])
+    for key in LAUNCHER_TEXT:
+        if launcher.get(key) is not None and not isinstance(launcher[key], str):
+            raise ConfigError(f"launcher.{key}={launcher[key]!r} is not valid; give text or null")
+    name = launcher.get("requeue_signal")
+    if name is not None and not hasattr(signal, "SIG" + str(name).upper().removeprefix("SIG")):
+        raise ConfigError(f"launcher.requeue_signal={name!r} is not a signal; e.g. USR1")
+    if launcher.get("mem_gb") is not None:
+        check_number("launcher.mem_gb", launcher["mem_gb"], strict=True)
 
 
 def expand(name: str, overrides: Sequence[str] = ()) -> Plan:
@@ -305,7 +392,7 @@ def describe(plan: Plan) -> str:
     """One line per run: state and run id."""
     lines = [f"study {plan.name}: {len(plan.runs)} runs, {len(plan.pending())} to train"]
     for i, record in enumerate(plan.records(), 1):
-        state = "done   " if record.done else "pending"
+        state = "done   " if record.done else "damaged" if record.damage() else "pending"
         lines.append(f"  [{i:>3}/{len(plan.runs)}] {state} {record.path.name}")
     return "\n".join(lines)
 
@@ -341,16 +428,39 @@ def log_invocation(
     }
     path = results_dir(plan) / STUDY_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+    # one write of one line with O_APPEND: concurrent or interrupted invocations never interleave
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def read_study_log(study_dir: Path) -> list[dict]:
-    """The entries :func:`log_invocation` wrote for a study folder (empty when none)."""
+    """The entries :func:`log_invocation` wrote for a study folder (empty when none); a line that
+    does not parse is left out with a one-line warning naming the file."""
     path = Path(study_dir) / STUDY_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries, bad = [], []
+    for i, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+        else:
+            bad.append(i)
+    if bad:
+        print(
+            f"warning: {path}: lines {bad} are not JSON objects and are left out of the study's "
+            "measured time (delete them to silence this)",
+            file=sys.stderr,
+        )
+    return entries
 
 
 def summary_line(record: RunRecord) -> str:

@@ -1,17 +1,29 @@
 """One run: config -> data module + backbone + method -> Lightning fit -> evaluation -> run record.
 
-Everything that can be wrong with the input is checked in :func:`prepare` — data present, names
-valid, the dropout structure applicable at every site (a dry forward pass of two examples) —
-before a run directory is touched or a step is trained.
+Everything that can be wrong with the input is checked in :func:`prepare` — every key and value of
+the config (:mod:`dropens.schema`), the paths, data present, names valid, the Trainer settings on
+this machine (a Trainer is built and dropped), the evaluation sizes against memory, the dropout
+structure applicable at every site (a dry forward pass of two examples) — before a run directory
+is touched or a step is trained.
+
+A record is complete (``DONE``) only if it is sound: the training loss stayed finite (a
+non-finite loss stops the run at once with one line naming the step), the planned budget was
+trained, and every planned eval set and strategy has finite accuracy and NLL. While it trains,
+the run holds its lock (:mod:`dropens.locks`); a stop signal ends it at a batch boundary
+(:mod:`dropens.signals`) and the next ``dropens train`` resumes it from its last epoch-end
+checkpoint; a damaged checkpoint is moved aside and the run restarts with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import platform
-import shutil
+import signal
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,18 +33,35 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 
-from dropens import control, keys, tracking
+from dropens import control, keys, signals, tracking
 from dropens.cues import OCCLUSION_FIELDS, cue_metrics, occlusion_record
 from dropens.data import build_datamodule
+from dropens.data.base import resolve_root
 from dropens.errors import ConfigError
-from dropens.evaluation import check_temperature_scaling, evaluate, magnitudes, mc_sizes, plan
+from dropens.evaluation import (
+    IN_SET,
+    OOD_SET,
+    check_temperature_scaling,
+    context,
+    evaluate,
+    magnitudes,
+    mc_sizes,
+    plan,
+)
+from dropens.failures import RunFailed, Stopped
+from dropens.inference import get
 from dropens.layout import stack
+from dropens.locks import RunLock
 from dropens.masks import validate_spec
 from dropens.methods import Method, method_class
+from dropens.paths import check_dir
 from dropens.results import RunRecord
+from dropens.rng import set_rng_state
+from dropens.schema import check_keys, check_values
 
 
 class _DropLitTips(logging.Filter):
@@ -85,11 +114,15 @@ def _dry_run(backbone: nn.Module, x: torch.Tensor) -> None:
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
-    """The checks that need no data or model: mask spec, method node, eval sizes, step budget.
+    """The checks that need no data, model or machine: every key (unknown ones refused, even
+    added with ``+``) and value (:mod:`dropens.schema`), mask spec, method node, eval sizes, step
+    budget.
 
     Raises:
         ConfigError: one line naming the bad field, its value and the valid choices.
     """
+    check_keys(config)
+    check_values(config)
     d = config["dropout"]
     validate_spec(d["p"], d["dist"], d["structure"], d["scale"], d["block_size"])
     cls = method_class(config["method"]["name"])
@@ -112,10 +145,6 @@ def validate_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"eval.occlusion.{key}={value!r} is not valid; must be an integer >= 1"
             )
-    if config["trainer"].get("max_steps", -1) in (None, 0):
-        raise ConfigError(
-            "trainer.max_steps=0 trains nothing; choose a positive number (or -1 with max_epochs)"
-        )
 
 
 def select_eval_sets(
@@ -148,13 +177,23 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     """
     config = dict(config)
     validate_config(config)
+    check_dir(config["results_root"], "results_root")
+    data_root = resolve_root(config["data"].get("root"))
+    check_dir(data_root, "data.root", writable=False)  # a read-only root with the data is fine
+    check_trainer(config)
     cls, eval_cfg = method_class(config["method"]["name"]), config["eval"]
     if config.get("cpu_threads"):
         torch.set_num_threads(int(config["cpu_threads"]))
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     datamodule = build_datamodule(config["data"], seed=int(config["seed"]))
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except OSError as err:
+        raise ConfigError(
+            f"data.root={str(data_root)!r}: cannot read or write the data ({err.strerror or err}: "
+            f"{err.filename}); point data.root (or $DROPENS_DATA) at a writable directory"
+        ) from None
     # fail before training: unknown eval sets, temperature scaling without its fit set
     sets = select_eval_sets(datamodule, eval_cfg["sets"], config["data"]["name"])
     check_temperature_scaling(eval_cfg, list(sets))
@@ -162,9 +201,106 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     datamodule.drop_last_train = has_bn and len(datamodule.x_train) % datamodule.batch_size == 1
     _dry_run(backbone, datamodule.x_train[:2])
-    check_early_stopping(config, len(datamodule.x_train) // datamodule.batch_size or 1)
+    batches = len(datamodule.x_train) // datamodule.batch_size or 1
+    check_early_stopping(config, batches)
+    check_val_interval(config, batches)
+    check_eval_memory(config, cls, sets, datamodule.n_classes)
     method = cls(backbone, config)
     return Prepared(config, RunRecord.for_config(config), datamodule, method)
+
+
+def check_trainer(config: Mapping[str, Any]) -> None:
+    """Build (and drop) a ``lightning.Trainer`` of ``config.trainer`` without logger or
+    checkpoints: what only this machine can tell (``accelerator=gpu`` without a GPU, devices,
+    strategy, precision) fails here, before anything is written.
+
+    Raises:
+        ConfigError: one line with Lightning's reason.
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    trainer_cfg = dict(config["trainer"])
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        accel = trainer_cfg.get("accelerator", "auto")
+        where = f"trainer.accelerator={accel!r}: " if accel not in ("auto", "cpu") else "trainer: "
+        raise ConfigError(
+            f"{where}Lightning refuses these settings on this machine: {reason[:300]}"
+        ) from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
+def check_val_interval(config: Mapping[str, Any], batches_per_epoch: int) -> None:
+    """An integer ``trainer.val_check_interval`` fits in an epoch unless validation counts steps
+    across epochs (``check_val_every_n_epoch=null``), as Lightning requires at fit time.
+
+    Raises:
+        ConfigError: one line with both ways out.
+    """
+    trainer = config["trainer"]
+    interval = trainer.get("val_check_interval")
+    every = trainer.get("check_val_every_n_epoch", 1)
+    if isinstance(interval, bool) or not isinstance(interval, int) or every is None:
+        return
+    if interval > batches_per_epoch:
+        raise ConfigError(
+            f"trainer.val_check_interval={interval} is more than the {batches_per_epoch} batches "
+            f"of an epoch; set trainer.check_val_every_n_epoch=null to validate every {interval} "
+            f"steps across epochs, or choose <= {batches_per_epoch}"
+        )
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine (``None`` where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_eval_memory(
+    config: Mapping[str, Any],
+    cls: type[Method],
+    sets: Mapping[str, tuple[Tensor, Tensor]],
+    n_classes: int,
+) -> None:
+    """The member predictions evaluation keeps (``[M, N, C]`` float32 per set and strategy, twice
+    when temperature scaling or OOD scores keep the log-probabilities too) fit in half of this
+    machine's memory: ``eval.mc_samples=1000000000`` is refused here, not after training.
+
+    Raises:
+        ConfigError: one line with the size and what to lower.
+    """
+    eval_cfg = config["eval"]
+    strategies = plan(cls.eval_strategies, eval_cfg)
+    members = 0
+    if "mc" in strategies:
+        members += max(mc_sizes(eval_cfg))
+    if "members" in strategies:
+        members += int(config["method"].get("k", 1))
+    members += len([s for s in strategies if s not in ("mc", "members", "exhaustive")])
+    factor = 2 if eval_cfg.get("temperature_scaling") or OOD_SET in sets else 1
+    n = sum(len(y) for _, y in sets.values())
+    need = factor * members * n * n_classes * 4
+    total = memory_bytes()
+    if total is not None and need > total / 2:
+        raise ConfigError(
+            f"eval.mc_samples={eval_cfg['mc_samples']} / eval.mc_curve: evaluation would hold "
+            f"{need / 2**30:.1f} GiB of predictions ({members} members x {n} examples x "
+            f"{n_classes} classes, float32), more than half of this machine's "
+            f"{total / 2**30:.1f} GiB; lower eval.mc_samples / eval.mc_curve "
+            "(or data.eval_limit, eval.sets)"
+        )
 
 
 def _git(*args: str) -> str | None:
@@ -239,24 +375,168 @@ def _restore_best(method: Method, best: ModelCheckpoint) -> dict[str, Any]:
     }
 
 
+class RunGuard(Callback):
+    """Stops a run at a batch boundary: on a stop signal (:func:`dropens.signals.check`) and on a
+    non-finite training loss (before its backward pass, so no step is taken with it)."""
+
+    def __init__(self, method_name: str, lr: Any) -> None:
+        self.method_name = method_name
+        self.lr = lr
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        signals.check()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        signals.check()
+
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            value = float(loss.detach().float().flatten()[0])
+            raise RunFailed(
+                f"the training loss of method={self.method_name} is {value} at step "
+                f"{trainer.global_step + 1} (epoch {trainer.current_epoch}): the run diverged and "
+                f"stops without DONE; lower optim.lr (now {self.lr}) or check the data"
+            )
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def usable_checkpoint(record: RunRecord, method: Method) -> Path | None:
+    """``checkpoints/last.ckpt`` if it loads and fits ``method``; a damaged or foreign one is
+    moved aside with the rest of ``checkpoints/`` (``checkpoints.damaged-<time>``) and the run
+    restarts from the beginning, with a one-line warning naming both."""
+    path = record.last_checkpoint()
+    if path is None:
+        return None
+    problem = None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, garbage, empty: whatever torch.load says
+        problem = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+    else:
+        if not isinstance(state, dict) or not {"state_dict", "global_step"} <= set(state):
+            problem = "not a Lightning checkpoint"
+        else:
+            ours = {k: tuple(v.shape) for k, v in method.state_dict().items()}
+            theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state["state_dict"].items()}
+            if ours != theirs:
+                problem = "its weights do not fit this run's model"
+    if problem is None:
+        return path
+    aside = record.checkpoint_dir.with_name(f"checkpoints.damaged-{_stamp()}")
+    record.checkpoint_dir.rename(aside)
+    print(
+        f"warning: checkpoint {path} is damaged ({problem}); moved to {aside.name}, the run "
+        "restarts from the beginning",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
+
+
+def check_trained(trainer: L.Trainer, config: Mapping[str, Any]) -> None:
+    """Fit ended having trained the planned budget (not stopped early by anything).
+
+    Raises:
+        RunFailed: one line with the steps trained and planned.
+    """
+    steps = int(config["trainer"].get("max_steps", -1))
+    epochs = config["trainer"].get("max_epochs")
+    reached = (steps > 0 and trainer.global_step >= steps) or (
+        epochs is not None and epochs > 0 and trainer.current_epoch >= epochs
+    )
+    if trainer.interrupted or not reached:
+        raise RunFailed(
+            f"training stopped at step {trainer.global_step} (epoch {trainer.current_epoch}) "
+            f"before its budget (trainer.max_steps={steps}, trainer.max_epochs={epochs}); "
+            "no DONE: rerun the same command to resume"
+        )
+
+
+def check_metrics(
+    metrics: Mapping[str, float],
+    backbone: nn.Module,
+    eval_sets: Mapping[str, Any],
+    strategies: Sequence[str],
+    eval_cfg: Mapping[str, Any],
+) -> None:
+    """Every planned eval set and strategy has its row, and every accuracy, NLL and OOD AUROC is
+    finite (a strategy that does not apply to the backbone has no rows: not applicable).
+
+    Raises:
+        RunFailed: one line naming the first missing or non-finite key.
+    """
+    ctx = context(eval_cfg)
+    for name in eval_sets:
+        if name == OOD_SET:
+            continue
+        for strategy in (get(s) for s in plan(strategies, eval_cfg)):
+            if not strategy.applies(backbone):
+                continue
+            label = strategy.labels(ctx)[0]
+            if keys.key("test", name, label, "nll") not in metrics:
+                raise RunFailed(
+                    f"evaluation left no row test/{name}/{label} (strategy {strategy.name}); "
+                    "no DONE: rerun the same command"
+                )
+    for key, value in metrics.items():
+        metric = key.rsplit("/", 1)[-1]
+        if (metric in ("acc", "nll") or metric.startswith("auroc_")) and not math.isfinite(value):
+            raise RunFailed(
+                f"evaluation gave {key}={value}: the trained model's predictions are not finite; "
+                "no DONE (lower optim.lr, or check the data)"
+            )
+    if (
+        OOD_SET in eval_sets
+        and IN_SET in eval_sets
+        and not any(k.startswith(f"test/{OOD_SET}/") for k in metrics)
+    ):
+        raise RunFailed("evaluation left no OOD AUROC rows (test/ood/...); no DONE")
+
+
+def _stopped(stop: Stopped, record: RunRecord, trainer: L.Trainer | None) -> Stopped:
+    """``stop`` with one line saying what was stopped and how it resumes."""
+    if stop.message:
+        return stop
+    where = f"at step {trainer.global_step}" if trainer is not None else "before training"
+    if trainer is not None and trainer.state.stage is None and not trainer.interrupted:
+        where = "during evaluation (training was complete)"
+    resume = (
+        "the same command resumes it from its last epoch-end checkpoint"
+        if record.last_checkpoint() is not None
+        else "the same command starts it again (no epoch was finished)"
+    )
+    return Stopped(stop.signum, f"run {record.path} stopped {where}, without DONE; {resume}")
+
+
 def fit_and_record(prep: Prepared) -> RunRecord:
-    """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record."""
+    """Train ``prep.method`` (resuming from the record's last checkpoint) and write the record.
+
+    The caller holds the run's lock (:func:`train`). Stop signals end it at a batch boundary
+    (:class:`~dropens.failures.Stopped` with one line); a non-finite loss, a budget not trained
+    or a missing or non-finite evaluation row end it with :class:`~dropens.failures.RunFailed`.
+    ``DONE`` is written only at the end of a sound run.
+    """
     config, record, method = prep.config, prep.record, prep.method
     start, (commit, dirty) = time.time(), _git_commit()  # the code the run starts with
     _quiet_lightning()
     record.begin(config)
-    if config.get("overwrite", False):  # retrain from scratch, not from the old final checkpoint
-        shutil.rmtree(record.checkpoint_dir, ignore_errors=True)
+    resume = usable_checkpoint(record, method)
     logger = tracking.build_logger(config, record.path)
-    # one rolling checkpoint, overwritten after every epoch (save_top_k=0 + save_last never saves
-    # before the end of training: Lightning only writes "last" when a top-k checkpoint was written)
+    # one rolling checkpoint, overwritten at the end of every epoch and only there, whatever the
+    # validation schedule (an in-memory loader cannot resume mid-epoch exactly), and at the end
+    # of training (save_top_k=0 + save_last never saves before the end of training: Lightning only
+    # writes "last" when a top-k checkpoint was written)
     checkpoint = ModelCheckpoint(
         dirpath=str(record.checkpoint_dir),
         filename="last",
         save_top_k=1,
         enable_version_counter=False,
+        save_on_train_epoch_end=True,
     )
-    callbacks = [checkpoint]
+    callbacks: list[Callback] = [checkpoint, RunGuard(method.name, config["optim"]["lr"])]
     best = None
     if config.get("early_stopping", False):  # keep the checkpoint of the best validation NLL
         best = ModelCheckpoint(
@@ -274,7 +554,35 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         callbacks=callbacks,
         default_root_dir=str(record.path),
     )
-    trainer.fit(method, datamodule=prep.datamodule, ckpt_path=record.last_checkpoint())
+    try:
+        with signals.deferred():
+            try:
+                trainer.fit(method, datamodule=prep.datamodule, ckpt_path=resume)
+            except SIGTERMException:  # Lightning's own SIGTERM exit (a SystemExit with status 0)
+                raise Stopped(signal.SIGTERM) from None
+        signals.check()  # a signal that came after the last batch
+        check_trained(trainer, config)
+        # a run resumed from its final checkpoint trains no epoch, so the saved RNG stream (which
+        # the uninterrupted run evaluates with) has not been restored yet
+        pending_rng = getattr(method, "_resume_rng", None)
+        if pending_rng is not None:
+            set_rng_state(pending_rng)
+            method._resume_rng = None
+        return _evaluate_and_record(prep, trainer, best, logger, start, commit, dirty)
+    except Stopped as stop:
+        raise _stopped(stop, record, trainer) from None
+
+
+def _evaluate_and_record(
+    prep: Prepared,
+    trainer: L.Trainer,
+    best: ModelCheckpoint | None,
+    logger: Any,
+    start: float,
+    commit: str | None,
+    dirty: bool | None,
+) -> RunRecord:
+    config, record, method = prep.config, prep.record, prep.method
     selected = _restore_best(method, best) if best is not None else {}
     # Lightning moves the module back to the CPU when fit ends: evaluate (MC, members, exhaustive:
     # the expensive part on a GPU run) on the device it trained on (inputs follow the model)
@@ -291,7 +599,8 @@ def fit_and_record(prep: Prepared) -> RunRecord:
         seed=int(config["seed"]),
     )
     metrics.update(cue_metrics(prep.datamodule, eval_sets, arrays, config["eval"]))
-    record.write_json("metrics.json", metrics)
+    check_metrics(metrics, method.backbone, eval_sets, method.eval_strategies, config["eval"])
+    record.write_metrics(metrics)
     occlusion = config["eval"].get("occlusion")
     if occlusion:
         record.write_json(
@@ -322,12 +631,39 @@ def fit_and_record(prep: Prepared) -> RunRecord:
 
 
 def train(config: Mapping[str, Any]) -> RunRecord:
-    """Run one config end to end; a complete record is kept unless ``overwrite`` is set."""
+    """Run one config end to end; a complete record is kept unless ``overwrite`` is set.
+
+    Order: validate everything (:func:`prepare`); take the run's lock (a second process training
+    the same run is refused with one line naming the holder); with ``overwrite=true`` move the old
+    record aside (``.<run id>.replaced-<time>``; nothing is deleted); then train and record. A
+    record marked ``DONE`` whose files do not read back is trained again (resumed).
+
+    Raises:
+        ConfigError: bad input, one line, before anything is written.
+        RunFailed: the run could not complete soundly (one line, no ``DONE``).
+        Stopped: a stop signal (one line; the same call resumes the run).
+    """
+    config = dict(config)
+    validate_config(config)
     record = RunRecord.for_config(config)
-    if record.done and not config.get("overwrite", False):
-        print(f"complete, skipped: {record.path} (overwrite=true retrains)")
-        return record
-    return fit_and_record(prepare(config))
+    overwrite = bool(config.get("overwrite", False))
+    if record.marked_done and not overwrite:
+        damage = record.damage()
+        if damage is None:
+            print(f"complete, skipped: {record.path} (overwrite=true retrains)")
+            return record
+        print(f"warning: {damage}; this run is trained (resumed) again", file=sys.stderr)
+    with signals.guard():
+        prep = prepare(config)
+        with RunLock(record.path):
+            if not overwrite and record.done:  # finished by another process in the meantime
+                print(f"complete, skipped: {record.path} (overwrite=true retrains)")
+                return record
+            if overwrite:
+                moved = record.move_aside()
+                if moved is not None:
+                    print(f"overwrite=true: the previous record is kept at {moved}")
+            return fit_and_record(prep)
 
 
 def summarize(record: RunRecord, keys: tuple[str, ...] = ("acc", "nll", "ece")) -> str:

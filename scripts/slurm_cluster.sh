@@ -6,7 +6,8 @@
 #   bash scripts/slurm_cluster.sh status   # exit 0 when the node is up (idle/mixed/allocated)
 #   bash scripts/slurm_cluster.sh stop     # cancel jobs, stop the daemons it started, clean up
 #
-# `start` is idempotent: a cluster it already started is left running. One node named after
+# `start` is idempotent: a cluster it already started with this config is left running (one started
+# with an older config is restarted). One node named after
 # `hostname -s` with the CPUs/memory `slurmd -C` detects, partition `debug` (default, no time
 # limit). No systemd (containers have none) and no cgroups: the daemons are started directly,
 # with proctrack/linuxproc and task/none. No accounting database: `sacct` does not work, so
@@ -116,14 +117,14 @@ start_munge() {
   die "munged started but 'munge -n | unmunge' fails"
 }
 
-write_conf() {
+# The slurm.conf of this cluster, on stdout.
+conf_text() {
   local hw
   # e.g. "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105":
   # the exact topology slurmd will report, so the node is never drained for a config mismatch.
   hw=$(slurmd -C | head -n1 | sed -E 's/^NodeName=[^ ]+ //')
   [[ $hw == *CPUs=* && $hw == *RealMemory=* ]] || die "could not read the hardware from 'slurmd -C': $hw"
-  mkdir -p /etc/slurm
-  cat >"$CONF" <<EOF
+  cat <<EOF
 $HEADER
 # A single-node cluster on localhost for dropens' tests. No cgroups (containers), no accounting.
 ClusterName=dropens
@@ -132,6 +133,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s);
+# the requeue test of tests/cluster requeues a task twice
+AuthInfo=cred_expire=20
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$SPOOL/ctld
@@ -161,6 +165,20 @@ SlurmdTimeout=60
 NodeName=$NODE NodeAddr=127.0.0.1 $hw State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_conf() {
+  local text
+  text=$(conf_text)
+  mkdir -p /etc/slurm
+  printf '%s\n' "$text" >"$CONF"
+}
+
+# Whether $CONF is what conf_text writes now (a cluster started by an older version is restarted).
+conf_current() {
+  local text
+  text=$(conf_text) || return 1
+  [ "$(cat "$CONF" 2>/dev/null)" = "$text" ]
 }
 
 node_state() { sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n1; }
@@ -197,7 +215,7 @@ cmd_start() {
   local ctld slurmd
   ctld=$(live_pid "$RUN/slurmctld.pid" slurmctld) || ctld=""
   slurmd=$(live_pid "$RUN/slurmd.pid" slurmd) || slurmd=""
-  if [ -n "$ctld" ] && [ -n "$slurmd" ] && ours; then
+  if [ -n "$ctld" ] && [ -n "$slurmd" ] && ours && conf_current; then
     say "already running (slurmctld $ctld, slurmd $slurmd)"
     wait_idle
     sinfo

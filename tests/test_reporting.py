@@ -31,9 +31,10 @@ def test_report_writes_figures_tables_and_section(study_root, tmp_path, capsys):
     (tmp_path / "quickstart").mkdir()
     (tmp_path / "quickstart" / "finding.md").write_text("A finding written from the numbers.")
     out = build_report("quickstart", overrides, reports_root=tmp_path)
-    for stem in ("mc_curve", "reliability", "diversity", "magnitude"):
+    for stem in ("predictions", "decomposition", "mc_curve", "diversity", "reliability"):
         assert (out / f"{stem}.png").stat().st_size > 10_000 and (out / f"{stem}.pdf").exists()
-    assert "| method |" in (out / "summary.md").read_text()
+    assert "| arm | evaluation |" in (out / "summary.md").read_text()
+    assert "verdict" in (out / "verdict.md").read_text()
     report = (tmp_path / "REPORT.md").read_text()
     assert report.count("<!-- BEGIN study:quickstart -->") == 1
     assert "A finding written from the numbers." in report and "seeds [0, 1]" in report
@@ -185,3 +186,24 @@ def test_dropens_list_counts_results_and_records(study_root, tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("quickstart "))
     assert row.split()[1:4] == ["12", "8", "0"]
     assert "experiments:" in text and "configs:" in text
+
+
+def test_damaged_record_is_listed_and_the_report_written_from_the_sound_ones(tmp_path, capsys):
+    """A run directory with DONE but a truncated metrics.json is neither complete nor a crash: the
+    report lists it as damaged and is written from the sound records (issue 16)."""
+    results = tmp_path / "results"
+    overrides = ["smoke=true", "seeds=[0]", "logger=none", f"results_root={results}"]
+    assert main(["study", "reference", *overrides, "--match", "mlp-mnist1d"]) == 0
+    records = [r for r in expand("reference", overrides).records() if r.done]
+    assert len(records) == 2
+    damaged, sound = records
+    text = (damaged.path / "metrics.json").read_text()
+    (damaged.path / "metrics.json").write_text(text[: len(text) // 3])
+    capsys.readouterr()
+    assert main(["report", "reference", *overrides, "--out", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 5 runs complete, 0 incomplete, 3 missing, 1 damaged" in out, out
+    (line,) = [ln for ln in out.splitlines() if "damaged (not used)" in ln]
+    assert damaged.path.name in line and "metrics.json is damaged" in line
+    runs = pd.read_csv(tmp_path / "reports" / "reference" / "runs.csv")
+    assert list(runs["run_id"]) == [sound.path.name]

@@ -45,13 +45,15 @@ def test_a_grid_value_selected_by_another_study_is_read_from_its_selection(tmp_p
         expand("readings", [f"results_root={tmp_path}"])
 
 
-def test_quickstart_grid_is_conditional_and_overrides_win(tmp_path):
+def test_quickstart_grid_is_conditional_and_overrides_win(tmp_path, selection):
     plan = expand("quickstart", [f"results_root={tmp_path}", "steps=7", "seeds=[3]"])
     methods = sorted(c["method"]["name"] for c in plan.runs)
-    assert methods == ["dropout", "ensemble", "plain", "subnets"]
+    assert methods == ["dropout", "ensemble", "explicit", "plain"]
     by = {c["method"]["name"]: c for c in plan.runs}
-    assert by["subnets"]["method"]["k"] == 4 and by["ensemble"]["method"]["k"] == 4
-    assert "k" not in by["dropout"]["method"]
+    assert by["ensemble"]["method"]["k"] == 4 and "k" not in by["dropout"]["method"]
+    # the values the tuning stage selected (here the `selection` fixture's)
+    assert by["dropout"]["dropout"]["p"] == 0.1 and by["explicit"]["dropout"]["p"] == 0.2
+    assert by["plain"]["optim"]["weight_decay"] == 0.01
     assert all(c["trainer"]["max_steps"] == 7 and c["seed"] == 3 for c in plan.runs)
     smoke = expand("quickstart", [f"results_root={tmp_path}", "smoke=true"])
     assert all(c["trainer"]["max_steps"] == 8 for c in smoke.runs)  # trainer=smoke
@@ -146,16 +148,20 @@ def test_local_launcher_workers_train_every_run(tmp_path):
 def test_seed_copies_equal_a_fresh_composition(tmp_path):
     from dropens.config import compose, to_container
 
-    plan = expand("quickstart", [f"results_root={tmp_path}", "seeds=[0,5]"])
-    config = next(c for c in plan.runs if c["method"]["name"] == "subnets" and c["seed"] == 5)
+    plan = expand("magnitude", [f"results_root={tmp_path}", "seeds=[0,5]"])
+    config = next(
+        c
+        for c in plan.runs
+        if c["seed"] == 5 and c["dropout"]["p"] == 0.3 and c["dropout"]["scale"] == "none"
+    )
     fresh = to_container(
         compose(
             [
-                *load_study_file("quickstart").overrides,
-                "method=subnets",
-                "method.k=4",
+                *load_study_file("magnitude").overrides,
+                "dropout.p=0.3",
+                "dropout.scale=none",
                 "seed=5",
-                "study=quickstart",
+                "study=magnitude",
                 f"results_root={tmp_path}",
             ]
         )
@@ -205,3 +211,94 @@ def test_killing_the_study_process_kills_its_workers(tmp_path):
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.2)
     assert not [w for w in workers if _alive(w)]
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(
+                f"exited {proc.returncode} before the condition held:\n{out}\n{err[-3000:]}"
+            )
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting")
+        time.sleep(0.02)
+
+
+def _stop_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted by SIGTERM")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_kill_term_of_study_and_of_train_then_the_rerun_gives_the_uninterrupted_metrics(tmp_path):
+    """Acceptance (issue 16): `kill -TERM` of `dropens study`, then of `dropens train` on the same
+    run, each exit 143 with one line and keep the run resumable; the rerun ends with exactly the
+    metrics of the run trained without interruption."""
+    import torch
+
+    from dropens.config import compose, to_container
+    from dropens.train import train
+
+    root = tmp_path / "stopped"
+    run = ["logger=none", "trainer.max_steps=370", "trainer.val_check_interval=1.0"]
+    study_args = ["reference", "smoke=true", "seeds=[0]", *run, f"results_root={root}"]
+    match = ["--match", "dropout-mlp-mnist1d"]
+    (config,) = expand("reference", study_args[1:]).select(match[1]).runs
+    record = RunRecord.for_config(config)
+    ckpt = record.checkpoint_dir / "last.ckpt"
+
+    def saved_step() -> int:
+        return int(torch.load(ckpt, weights_only=False)["global_step"])
+
+    # 1. the study, stopped after its run's first epoch-end checkpoint
+    proc = subprocess.Popen(
+        [_dropens(), "study", *study_args, *match],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(ckpt.exists, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    line = _stop_line(err)
+    assert "study reference stopped" in line and "rerun the same command" in line, line
+    assert not record.done
+    first = saved_step()
+    assert 0 < first < 370 and first % 37 == 0  # an epoch-end checkpoint (37 batches an epoch)
+
+    # 2. `dropens train` of the same run (same config, same record), stopped after it resumed and
+    # saved a later checkpoint
+    study = load_study_file("reference")
+    point = ["data=mnist1d", "model=mlp", "method=dropout"]
+    overrides = [*study.overrides, *study.smoke, *point, "study=reference", *run, "seed=0"]
+    overrides.append(f"results_root={root}")
+    assert to_container(compose(overrides)) == config
+    seen = {"mtime": ckpt.stat().st_mtime_ns}
+
+    def resumed_and_saved() -> bool:  # the resumed run first re-saves the restored checkpoint
+        mtime = ckpt.stat().st_mtime_ns
+        if mtime == seen["mtime"]:
+            return False
+        seen["mtime"] = mtime
+        return saved_step() > first
+
+    proc = subprocess.Popen(
+        [_dropens(), "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for(resumed_and_saved, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    line = _stop_line(err)
+    assert record.path.name in line and "resumes it from its last epoch-end checkpoint" in line
+    assert not record.done and first < saved_step() < 370
+
+    # 3. the rerun of the study finishes the run: the metrics of an uninterrupted run
+    assert main(["study", *study_args, *match]) == 0
+    straight = train({**config, "results_root": str(tmp_path / "straight")})
+    assert record.done and record.metrics() == straight.metrics()

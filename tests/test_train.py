@@ -250,3 +250,167 @@ def test_summary_lists_only_rows_with_headline_metrics(tmp_path):
     lines = summarize(RunRecord(tmp_path)).splitlines()
     assert [ln.split()[0] for ln in lines[1:-2]] == ["test/clean/deterministic"]
     assert lines[1].split()[1:3] == ["0.9000", "0.3000"] and lines[1].split()[3] == "nan"
+
+
+# ---------------------------------------------------------------------- soundness (issue 16)
+
+RESUMABLE = ("trainer.max_steps=45", "trainer.val_check_interval=1.0")
+
+
+def test_metrics_json_is_strict_and_nan_round_trips_through_the_compact_records(tmp_path):
+    """metrics.json never holds a bare NaN: a non-finite value is written as null and read back as
+    NaN, by the run record and by the compact records copied from it."""
+    from dropens.records import compact, read_records, write_records
+    from dropens.results import DONE
+
+    record = RunRecord(tmp_path / "study" / "run")
+    record.begin(_config(tmp_path, "study=study"))
+    record.write_metrics({"test/clean/mc4/ece": float("nan"), "test/clean/mc4/acc": 0.5})
+    text = (record.path / "metrics.json").read_text()
+    assert "NaN" not in text and "null" in text
+
+    def refuse(name):
+        raise AssertionError(f"bare {name} in metrics.json")
+
+    json.loads(text, parse_constant=refuse)  # strict JSON
+    record.write_json("run.json", {"wall_s": 1.0})
+    (record.path / DONE).write_text("{}")
+    metrics = record.metrics()
+    assert np.isnan(metrics["test/clean/mc4/ece"]) and metrics["test/clean/mc4/acc"] == 0.5
+    n = write_records(tmp_path / "records.jsonl", [compact(record)])
+    (back,), problems = read_records(tmp_path / "records.jsonl")
+    assert n == 1 and not problems
+    assert (
+        np.isnan(back.metrics()["test/clean/mc4/ece"])
+        and back.metrics()["test/clean/mc4/acc"] == 0.5
+    )
+
+
+def test_non_finite_evaluation_leaves_no_done(tmp_path, monkeypatch, capsys):
+    """A run whose evaluation gives a non-finite NLL is not complete (exit 1, one line, no DONE)."""
+    import dropens.train as train_mod
+
+    real = train_mod.evaluate
+
+    def nan_nll(*args, **kwargs):
+        metrics, arrays = real(*args, **kwargs)
+        metrics["test/clean/deterministic/nll"] = float("nan")
+        return metrics, arrays
+
+    monkeypatch.setattr(train_mod, "evaluate", nan_nll)
+    code = main(["train", *SMOKE, f"results_root={tmp_path}", "study=nanrun"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "test/clean/deterministic/nll=nan" in lines[0], err
+    assert not list(tmp_path.rglob("DONE"))
+
+
+def test_sigint_stops_the_run_at_a_batch_and_the_rerun_gives_the_uninterrupted_metrics(
+    tmp_path, monkeypatch, capsys
+):
+    """A real SIGINT in the middle of training: one line, exit 130, no DONE, the epoch-end
+    checkpoint kept; the same command resumes and ends with the uninterrupted metrics."""
+    import os
+    import signal
+
+    import torch
+
+    from dropens.methods.dropout import DropoutMethod
+
+    straight = train(_config(tmp_path / "straight", "study=sig", *RESUMABLE))
+    args = ["train", *SMOKE, f"results_root={tmp_path / 'stopped'}", "study=sig", *RESUMABLE]
+    original = DropoutMethod.training_step
+
+    def interrupt_at_40(self, batch, batch_idx):
+        if self.global_step == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DropoutMethod, "training_step", interrupt_at_40)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+    assert len(lines) == 1 and "SIGINT" in lines[0] and "resumes" in lines[0], err
+    assert "Traceback" not in err
+    record = RunRecord.for_config(_config(tmp_path / "stopped", "study=sig", *RESUMABLE))
+    assert not record.done
+    ckpt = torch.load(record.path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 37  # the epoch-end checkpoint, not a mid-epoch one
+    monkeypatch.setattr(DropoutMethod, "training_step", original)
+    assert main(args) == 0
+    assert record.metrics() == straight.metrics()
+
+
+def test_damaged_last_checkpoint_is_moved_aside_and_the_run_restarts(tmp_path, capsys):
+    """A truncated checkpoints/last.ckpt (a kill while it was copied, a full disk) no longer leaves
+    the run stuck: it is moved aside with a warning and the run trains from the beginning, to the
+    metrics of a run never interrupted."""
+    straight = train(_config(tmp_path / "straight", "study=ck"))
+    cfg = _config(tmp_path / "damaged", "study=ck")
+    record = RunRecord.for_config(cfg)
+    good = (straight.path / "checkpoints" / "last.ckpt").read_bytes()
+    record.checkpoint_dir.mkdir(parents=True)
+    (record.checkpoint_dir / "last.ckpt").write_bytes(good[: len(good) // 2])
+    capsys.readouterr()
+    assert main(["train", *SMOKE, f"results_root={tmp_path / 'damaged'}", "study=ck"]) == 0
+    err = capsys.readouterr().err
+    warning = [ln for ln in err.splitlines() if ln.startswith("warning: checkpoint")]
+    assert len(warning) == 1 and "last.ckpt is damaged" in warning[0], err
+    assert "restarts from the beginning" in warning[0]
+    assert [p.name.split("-")[0] for p in record.path.glob("checkpoints.damaged-*")] == [
+        "checkpoints.damaged"
+    ]
+    assert record.done and record.metrics() == straight.metrics()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04 truncated zip"])
+def test_garbage_or_empty_checkpoint_is_not_used(tmp_path, capsys, content):
+    from dropens.train import usable_checkpoint
+
+    prep = prepare(_config(tmp_path, "study=ck"))
+    record = RunRecord(tmp_path / "run")
+    record.checkpoint_dir.mkdir(parents=True)
+    (record.checkpoint_dir / "last.ckpt").write_bytes(content)
+    assert usable_checkpoint(record, prep.method) is None
+    assert not record.checkpoint_dir.exists() and list(record.path.glob("checkpoints.damaged-*"))
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: checkpoint ") and "\n" not in err, err
+
+
+def test_done_record_with_damaged_metrics_is_trained_again(tmp_path, capsys):
+    """DONE but a truncated metrics.json: not complete (not "complete, skipped" and then a crash);
+    `dropens train` resumes it from its final checkpoint and writes the same metrics again."""
+    args = ["train", *SMOKE, f"results_root={tmp_path}", "study=dm"]
+    assert main(args) == 0
+    record = RunRecord.for_config(_config(tmp_path, "study=dm"))
+    before = record.metrics()
+    text = (record.path / "metrics.json").read_text()
+    (record.path / "metrics.json").write_text(text[: len(text) // 2])
+    assert record.marked_done and not record.done and "metrics.json" in record.damage()
+    capsys.readouterr()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "complete, skipped" not in out
+    assert "metrics.json is damaged" in err and "Traceback" not in err
+    assert record.done and record.metrics() == before
+
+
+def test_overwrite_moves_the_old_record_aside_only_when_the_new_run_starts(tmp_path, capsys):
+    import torch
+
+    missing = "mps" if torch.cuda.is_available() else "gpu"
+    args = ["train", *SMOKE, f"results_root={tmp_path}", "study=ow"]
+    assert main(args) == 0
+    record = RunRecord.for_config(_config(tmp_path, "study=ow"))
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "ow").rglob("*")}
+    capsys.readouterr()
+    # validated first: a bad setting refuses before anything of the complete record is touched
+    assert main([*args, "overwrite=true", f"trainer.accelerator={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: trainer.accelerator=") and "\n" not in err, err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ow").rglob("*")} == files
+    assert main([*args, "overwrite=true"]) == 0
+    (old,) = (tmp_path / "ow").glob(f".{record.path.name}.replaced-*")
+    assert (old / "DONE").exists() and (old / "checkpoints" / "last.ckpt").exists()
+    assert record.done and list(load_study(tmp_path, "ow")["run_id"]) == [record.path.name]

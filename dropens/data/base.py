@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import tempfile
+import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,11 +105,54 @@ def ensure_cached(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> None
         atomic_save_npz(path, **make())
 
 
-def cached_arrays(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Load the arrays cached at ``path``; on a miss build them with ``make()`` and cache them."""
-    ensure_cached(path, make)
+def _read_npz(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
     with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+        arrays = {k: f[k] for k in f.files}
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ValueError(f"no array {missing[0]!r}")
+    return arrays
+
+
+def cached_arrays(
+    path: Path, make: Callable[[], dict[str, np.ndarray]], required: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Load the arrays cached at ``path``; on a miss build them with ``make()`` and cache them.
+
+    A cache that does not load (truncated, garbage, empty, an array of ``required`` missing) is
+    moved aside to ``<name>.damaged-<time>`` and rebuilt, with a one-line warning naming both.
+
+    Raises:
+        ConfigError: the damaged cache cannot be moved aside or rebuilt (one line: file and fix).
+    """
+    ensure_cached(path, make)
+    try:
+        return _read_npz(path, required)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:120]
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        pass  # another run moved it aside first (and is rebuilding it)
+    except OSError as err:
+        raise ConfigError(
+            f"data cache {path} is damaged ({reason}) and cannot be moved aside "
+            f"({err.strerror}); delete it, or point data.root at a writable directory"
+        ) from None
+    print(
+        f"warning: data cache {path} is damaged ({reason}); moved to {aside.name}, rebuilding it",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        ensure_cached(path, make)
+        return _read_npz(path, required)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise ConfigError(
+            f"data cache {path} is damaged and could not be rebuilt ({type(err).__name__}: "
+            f"{err}); delete it, or point data.root at a writable directory"
+        ) from None
 
 
 def check_fraction(field: str, value: float) -> float:

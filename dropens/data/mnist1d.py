@@ -97,7 +97,9 @@ class MNIST1DDataModule(TensorDataModule):
         ensure_cached(self.cache_path, lambda: generate(self.args))
 
     def load_arrays(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        a = cached_arrays(self.cache_path, lambda: generate(self.args))
+        a = cached_arrays(
+            self.cache_path, lambda: generate(self.args), ("x", "y", "x_test", "y_test")
+        )
         x, y = as_tensors(a["x"], a["y"], self.input_shape)
         x_test, y_test = as_tensors(a["x_test"], a["y_test"], self.input_shape)
         return x, y, x_test, y_test

@@ -1,4 +1,12 @@
-"""The ``local`` launcher: every pending run of a study, one after another, in this process."""
+"""The ``local`` launcher: every pending run of a study, one after another, in this process (or on
+``launcher.workers`` worker processes).
+
+A run that fails soundly (:class:`~dropens.failures.RunFailed`: a non-finite loss, another process
+training it) is reported in one line and the others still train; bad input stops the study. A
+stop signal (SIGTERM, SIGINT) stops the running run at a batch boundary, stops the workers the
+same way, and ends the study with one line (:class:`~dropens.failures.Stopped`): the same command
+resumes, training only what is not complete.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,18 @@ import time
 import traceback
 
 from dropens.data import build_datamodule
+from dropens.data.base import resolve_root
 from dropens.errors import ConfigError
+from dropens.failures import RunFailed, Stopped
+from dropens.paths import check_dir
 from dropens.results import RunRecord
 from dropens.study import Plan, log_invocation, run_one, summary_line
+
+
+def check_results_root(plan: Plan) -> None:
+    """Every results root of the plan is a writable directory (one line otherwise)."""
+    for root in sorted({str(c["results_root"]) for c in plan.runs}):
+        check_dir(root, "results_root")
 
 
 def check_data(plan: Plan) -> None:
@@ -21,11 +38,21 @@ def check_data(plan: Plan) -> None:
         key = repr(sorted(config["data"].items()))
         if key not in seen:
             seen.add(key)
-            build_datamodule(config["data"], seed=int(config["seed"])).prepare_data()
+            root = resolve_root(config["data"].get("root"))
+            check_dir(root, "data.root", writable=False)
+            try:
+                build_datamodule(config["data"], seed=int(config["seed"])).prepare_data()
+            except OSError as err:
+                raise ConfigError(
+                    f"data.root={str(root)!r}: cannot read or write the data "
+                    f"({err.strerror or err}: {err.filename}); point data.root (or $DROPENS_DATA) "
+                    "at a writable directory"
+                ) from None
 
 
 def launch_local(plan: Plan) -> int:
     """Train the pending runs in order; returns 0 if every run of the study is complete."""
+    check_results_root(plan)
     check_data(plan)
     pending = plan.pending()
     total, failed = len(plan.runs), []
@@ -35,28 +62,50 @@ def launch_local(plan: Plan) -> int:
     start = time.time()
     workers = int(plan.launcher.get("workers", 1))
     n_pending = len(pending)
-    if workers > 1 and len(pending) > 1:
-        failed = _launch_pool(pending, workers)
-        pending = []
-    for i, config in enumerate(pending, 1):
-        record = RunRecord.for_config(config)
-        print(f"[{i}/{len(pending)}] {record.path.name}", flush=True)
-        t0 = time.time()
-        try:
-            run_one(config)
-        except ConfigError:
-            raise
-        except Exception:
-            if not plan.launcher.get("keep_going", True):
+    try:
+        if workers > 1 and len(pending) > 1:
+            failed = _launch_pool(pending, workers)
+            pending = []
+        for i, config in enumerate(pending, 1):
+            record = RunRecord.for_config(config)
+            print(f"[{i}/{len(pending)}] {record.path.name}", flush=True)
+            t0 = time.time()
+            try:
+                run_one(config)
+            except ConfigError:
                 raise
-            traceback.print_exc()
-            failed.append(record.path.name)
-            print(f"[{i}/{len(pending)}] FAILED {record.path.name}", flush=True)
-            continue
-        print(
-            f"[{i}/{len(pending)}] done in {time.time() - t0:.0f}s: {summary_line(record)}",
-            flush=True,
+            except RunFailed as err:
+                if not plan.launcher.get("keep_going", True):
+                    raise
+                failed.append(record.path.name)
+                print(f"[{i}/{len(pending)}] FAILED {record.path.name}: {err}", flush=True)
+                continue
+            except Exception:
+                if not plan.launcher.get("keep_going", True):
+                    raise
+                traceback.print_exc()
+                failed.append(record.path.name)
+                print(f"[{i}/{len(pending)}] FAILED {record.path.name}", flush=True)
+                continue
+            print(
+                f"[{i}/{len(pending)}] done in {time.time() - t0:.0f}s: {summary_line(record)}",
+                flush=True,
+            )
+    except Stopped as stop:
+        done = sum(r.done for r in plan.records())
+        trained = max(0, done - (total - n_pending))
+        log_invocation(plan, "local", workers, trained, time.time() - start, os.cpu_count())
+        if stop.message:  # from the run this process was training
+            what = stop.message
+        elif workers > 1:
+            what = "its workers stopped their runs at a batch boundary, keeping their checkpoints"
+        else:
+            what = "no run was training"
+        message = (
+            f"study {plan.name} stopped with {done}/{total} runs complete ({what}); "
+            "rerun the same command to train the rest"
         )
+        raise Stopped(stop.signum, message) from None
     done = sum(r.done for r in plan.records())
     elapsed = time.time() - start
     log_invocation(plan, "local", workers, n_pending - len(failed), elapsed, os.cpu_count())
@@ -90,12 +139,13 @@ def _launch_pool(pending: list[dict], workers: int) -> list[str]:
     configs = [
         {**c, "trainer": {**c["trainer"], "enable_progress_bar": False}} for c in pending
     ]  # interleaved bars are unreadable; placement setting, the run id is unchanged
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         workers,
         mp_context=mp.get_context("spawn"),
         initializer=die_with_parent,
         initargs=(os.getpid(),),
-    ) as pool:
+    )
+    try:
         futures = {pool.submit(run_one, c): RunRecord.for_config(c) for c in configs}
         for i, future in enumerate(as_completed(futures), 1):
             record = futures[future]
@@ -105,10 +155,33 @@ def _launch_pool(pending: list[dict], workers: int) -> list[str]:
                     f"[{i}/{len(configs)}] done: {record.path.name}: {summary_line(record)}",
                     flush=True,
                 )
+            except Stopped:  # a worker was stopped by a signal: stop the study too
+                raise
             except Exception as err:
                 failed.append(record.path.name)
                 print(
                     f"[{i}/{len(configs)}] FAILED {record.path.name}: {type(err).__name__}: {err}",
                     flush=True,
                 )
+    except Stopped:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
     return failed
+
+
+def _stop_workers(pool, grace_s: float = 60.0) -> None:
+    """Cancel the queued runs and send SIGTERM to every worker: each stops its run at the next
+    batch boundary (keeping its last epoch-end checkpoint); one still alive after ``grace_s`` is
+    killed."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.time() + grace_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.time()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)

@@ -155,7 +155,11 @@ def build_report(
     records = got.frame if not got.frame.empty else pd.DataFrame(columns=["run_id", "done"])
     in_plan = records["run_id"].isin(planned)
     done = records[in_plan & records["done"].astype(bool)]
-    incomplete = sorted(records.loc[in_plan & ~records["done"].astype(bool), "run_id"])
+    # run directories marked DONE (or not) whose files do not read back: listed, never used
+    why = records["damaged"] if "damaged" in records else pd.Series(None, index=records.index)
+    damaged = dict(zip(records.loc[in_plan & why.notna(), "run_id"], why[in_plan & why.notna()]))
+    not_done = in_plan & ~records["done"].astype(bool) & why.isna()
+    incomplete = sorted(records.loc[not_done, "run_id"])
     missing = sorted(planned - set(records["run_id"]))
     extra = sorted(records.loc[~in_plan, "run_id"])
     what = "run records" if got.source == "results" else "committed compact records"
@@ -190,7 +194,7 @@ def build_report(
         n_done=len(done),
         seeds=sorted({int(s) for s in done["cfg.seed"]}),
         commits=commits,
-        incomplete=incomplete,
+        incomplete=sorted([*incomplete, *damaged]),
         missing=missing,
         compute=compute_line(list(done["wall_s"].astype(float)), got.log),
     )
@@ -200,11 +204,13 @@ def build_report(
         log_report(plan.name, out_dir, section, results_dir.parent)
     print(
         f"report {plan.name}: {len(done)} of {len(planned)} runs complete, {len(incomplete)} incomplete, "
-        f"{len(missing)} missing -> {out_dir} ({len(section.figures)} figures, "
-        f"{len(section.tables)} tables, {time.time() - start:.1f}s)"
+        f"{len(missing)} missing{f', {len(damaged)} damaged' if damaged else ''} -> {out_dir} "
+        f"({len(section.figures)} figures, {len(section.tables)} tables, {time.time() - start:.1f}s)"
     )
     for rid in incomplete:
         print(f"  incomplete (not used): {rid}")
+    for rid, reason in sorted(damaged.items()):
+        print(f"  damaged (not used): {rid}: {reason}")
     for rid in missing:
         print(f"  missing (not run yet): {rid}")
     if extra:

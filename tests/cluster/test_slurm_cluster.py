@@ -160,3 +160,102 @@ def test_study_tiny_form_on_slurm(slurm_cluster, tmp_path, name):
     assert report.returncode == 0, report.stderr[-3000:]
     assert f"{n_runs} of {n_runs} runs complete" in report.stdout, report.stdout
     assert (tmp_path / "reports" / name / "runs.csv").is_file()
+
+
+def _squeue_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
+    )
+    return out.stdout.strip()
+
+
+def test_requeued_task_resumes_to_the_uninterrupted_metrics(slurm_cluster, tmp_path):
+    """Acceptance (issue 16): a task of `dropens study ... launcher=slurm` that gets SIGUSR1 (what
+    SLURM sends ahead of the time limit, `--signal=USR1@90`) stops at a batch boundary and is
+    requeued by submitit; requeued again by `scontrol requeue` (SIGTERM, then back to the queue),
+    it finishes in a third attempt with exactly the metrics of an uninterrupted run. (SLURM holds
+    a requeued job for AuthInfo=cred_expire seconds: 20 on the test cluster.)"""
+    import torch
+
+    from dropens.results import RunRecord
+    from dropens.study import expand
+    from dropens.train import train
+
+    root = tmp_path / "results"
+    run = ["logger=none", "trainer.max_steps=740", "trainer.val_check_interval=1.0"]
+    args = ["reference", "smoke=true", "seeds=[0]", *run, f"results_root={root}"]
+    slurm = [
+        "launcher=slurm",
+        f"launcher.partition={slurm_cluster.partition}",
+        "launcher.cpus_per_task=1",
+        "launcher.timeout_min=10",
+    ]
+    match = "dropout-mlp-mnist1d"
+    (config,) = expand("reference", args[1:]).select(match).runs
+    record = RunRecord.for_config(config)
+    ckpt = record.checkpoint_dir / "last.ckpt"
+    proc = subprocess.Popen(
+        [str(DROPENS), "study", *args, *slurm, "--match", match],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    for line in proc.stdout:  # until the array is submitted
+        lines.append(line)
+        found = re.search(r"submitted array (\d+)", line)
+        if found:
+            job = found.group(1)  # one task: submitit submits it as a plain job
+            break
+    else:
+        pytest.fail("".join(lines))
+    deadline = time.monotonic() + STUDY_TIMEOUT_S
+
+    def wait_for(condition, what: str) -> None:
+        while not condition():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                rest = proc.stdout.read() if proc.stdout else ""
+                pytest.fail(f"{what}: not reached\n{''.join(lines)}{rest}")
+            time.sleep(0.05)
+
+    def step() -> int:
+        return int(torch.load(ckpt, weights_only=False)["global_step"])
+
+    seen = {"mtime": 0}
+
+    def saved_beyond(previous: int):
+        def check() -> bool:
+            if not ckpt.exists():
+                return False
+            mtime = ckpt.stat().st_mtime_ns
+            if mtime == seen["mtime"]:
+                return False
+            seen["mtime"] = mtime
+            return step() > previous
+
+        return check
+
+    # attempt 1: SIGUSR1 after the first epoch-end checkpoint -> stop, submitit requeues
+    wait_for(saved_beyond(0), "first checkpoint")
+    first = step()
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    # attempt 2 resumes from it and saves a later checkpoint -> `scontrol requeue`
+    wait_for(saved_beyond(first), "a checkpoint of the requeued task")
+    second = step()
+    assert not record.done and first < second < 740
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    # attempt 3 resumes and finishes; the study reports the task done
+    out, _ = proc.communicate(timeout=STUDY_TIMEOUT_S)
+    log = "".join(lines) + out
+    assert proc.returncode == 0, log
+    assert "study reference: 1/1 runs complete" in log, log
+    assert not _squeue_state(job)
+    task_logs = "".join(p.read_text() for p in (root / "reference" / ".submitit").rglob("*.err"))
+    assert "interrupted by SIGUSR1" in task_logs and "interrupted by SIGTERM" in task_logs, (
+        task_logs
+    )
+    straight = train({**config, "results_root": str(tmp_path / "straight")})
+    assert record.done and record.metrics() == straight.metrics()
+    assert json.loads((record.path / "run.json").read_text())["steps"] == 740
