@@ -22,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dropens.errors import ConfigError
+from dropens.errors import ConfigError, NoRecords
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -62,9 +62,14 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError("give one study name or --all (e.g. dropens report quickstart)")
     check_dir(args.out, "--out")
     for name in study_names() if args.all else [args.name]:
-        build_report(
-            name, args.overrides, reports_root=args.out, wandb=args.wandb, source=args.source
-        )
+        try:
+            build_report(
+                name, args.overrides, reports_root=args.out, wandb=args.wandb, source=args.source
+            )
+        except NoRecords as err:
+            if not args.all:
+                raise
+            print(f"report {name}: skipped, nothing to report yet ({err})")
     return 0
 
 

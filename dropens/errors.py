@@ -23,6 +23,11 @@ class InputError(ConfigError):
     """
 
 
+class NoRecords(ConfigError):
+    """A study has nothing to report yet: no run record under its results root and no committed
+    compact records (``dropens report --all`` skips it with one line instead of failing)."""
+
+
 def bad_choice(field: str, value: object, choices: Iterable[object]) -> ConfigError:
     """Build the standard one-line error ``field='value' is not valid; choose one of: a, b, c``."""
     valid = ", ".join(str(c) for c in choices)

@@ -44,7 +44,7 @@ from dropens.config import GROUPS, config_dir
 from dropens.errors import ConfigError, bad_choice
 from dropens.paths import RUN_ID, check_name
 
-OPTIONAL_TOP = ("early_stopping",)  # dropens.train.check_early_stopping
+OPTIONAL_TOP = ("early_stopping",)  # dropens.checks.check_early_stopping
 OPTIONAL_EVAL = ("temperature_scaling", "occlusion")  # dropens.evaluation, dropens.cues
 # lightning.Trainer arguments a run sets itself (its logger, checkpoints and record directory)
 TRAINER_RESERVED = ("self", "logger", "callbacks", "default_root_dir", "enable_checkpointing")

@@ -39,7 +39,7 @@ import yaml
 
 from dropens import keys
 from dropens.config import compose, config_dir, to_container
-from dropens.errors import ConfigError, bad_choice
+from dropens.errors import ConfigError, NoRecords, bad_choice
 from dropens.failures import DamagedFile
 from dropens.paths import check_name
 from dropens.results import RunRecord
@@ -133,7 +133,7 @@ def selected_value(value: Any) -> Any:
     try:
         return chosen[group][method][key]
     except (KeyError, TypeError):
-        raise ConfigError(
+        raise NoRecords(
             f"grid value {value!r}: no selection in {path}; run `dropens study {study}` and "
             f"`dropens report {study}` first"
         ) from None
@@ -350,7 +350,7 @@ def expand(name: str, overrides: Sequence[str] = ()) -> Plan:
     Raises:
         ConfigError: the first bad override or grid point, as one line.
     """
-    from dropens.train import validate_config
+    from dropens.checks import validate_config
 
     study = load_study_file(name)
     study_level, launcher_overrides, run_overrides = split_overrides(overrides)
@@ -374,8 +374,39 @@ def expand(name: str, overrides: Sequence[str] = ()) -> Plan:
                 continue
             seen.add(path)
             runs.append(config)
+    check_schedules(runs)
     study_name = runs[0]["study"] if runs else name
     return Plan(study=study, name=study_name, runs=runs, launcher=launcher)
+
+
+def check_schedules(runs: Sequence[Mapping[str, Any]]) -> None:
+    """Validation within the step budget (:func:`dropens.checks.check_schedule`) for every run,
+    before anything is trained or submitted: the data of each distinct data config is loaded once
+    for its epoch length. Data this machine cannot read (a SLURM login node) is left to the run's
+    own check.
+
+    Raises:
+        ConfigError: the first run whose validation schedule cannot work, as one line.
+    """
+    from dropens.checks import batches_per_epoch, check_schedule, needs_epoch_length
+    from dropens.data import build_datamodule
+
+    lengths: dict[str, int | None] = {}
+    for config in runs:
+        if not needs_epoch_length(config):
+            continue
+        data_key = json.dumps(config["data"], sort_keys=True, default=str)
+        if data_key not in lengths:
+            module = build_datamodule(config["data"], seed=int(config["seed"]))
+            try:
+                module.prepare_data()
+                module.setup("fit")
+            except OSError:
+                lengths[data_key] = None
+            else:
+                lengths[data_key] = batches_per_epoch(len(module.x_train), module.batch_size)
+        if lengths[data_key] is not None:
+            check_schedule(config, lengths[data_key])
 
 
 def run_one(config: Mapping[str, Any]) -> str:

@@ -31,23 +31,25 @@ def assert_rejected(tmp_path, capsys):
 
 @pytest.fixture
 def selection(tmp_path, monkeypatch):
-    """A ``reports/readings_tune/selected.yaml`` with a value for every arm and method of
-    ``experiments/readings.yaml`` (which reads the tuning stage's selection), in a temporary
-    reports directory: studies whose grid has ``@`` values expand against it."""
+    """A ``selected.yaml`` for every ``@<study>/<group>/<method>/<key>`` grid value of
+    ``experiments/`` (e.g. readings reads readings_tune's selection), in a temporary reports
+    directory: plain weight decay 0.01, dropout p 0.1, explicit p 0.2 (what the tests assert);
+    studies whose grid has ``@`` values expand against it."""
+    import re
+
     import yaml
 
     from dropens import study
 
     root = tmp_path / "reports"
-    (root / "readings_tune").mkdir(parents=True)
-    methods = {
-        "plain": {"optim.weight_decay": 0.01},
-        "dropout": {"dropout.p": 0.1},
-        "explicit": {"dropout.p": 0.2},
-    }
-    arms = ("mnist1d_mlp", "mnist1d_cnn1d", "fashion_mnist_mlp")
-    (root / "readings_tune" / study.SELECTED_FILE).write_text(
-        yaml.safe_dump({arm: methods for arm in arms})
-    )
+    values = {"plain": 0.01, "dropout": 0.1, "explicit": 0.2}
+    chosen: dict[str, dict] = {}
+    for path in study.experiments_dir().glob("*.yaml"):
+        for ref in re.findall(r"@([\w.-]+)/([\w.-]+)/([\w.-]+)/([\w.-]+)", path.read_text()):
+            name, group, method, key = ref
+            chosen.setdefault(name, {}).setdefault(group, {})[method] = {key: values[method]}
+    for name, groups in chosen.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / study.SELECTED_FILE).write_text(yaml.safe_dump(groups))
     monkeypatch.setattr(study, "reports_dir", lambda: root)
     return root

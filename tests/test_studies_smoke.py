@@ -12,7 +12,7 @@ from dropens.study import expand, load_study_file, study_names
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", study_names())
-def test_study_tiny_form_trains_and_reports(name, tmp_path):
+def test_study_tiny_form_trains_and_reports(name, tmp_path, selection):
     overrides = ["smoke=true", "seeds=[0]", "logger=csv", f"results_root={tmp_path / 'results'}"]
     assert main(["study", name, *overrides, "launcher.workers=2"]) == 0
     plan = expand(name, overrides)

@@ -46,7 +46,7 @@ def test_a_grid_value_selected_by_another_study_is_read_from_its_selection(tmp_p
 
 
 def test_quickstart_grid_is_conditional_and_overrides_win(tmp_path, selection):
-    plan = expand("quickstart", [f"results_root={tmp_path}", "steps=7", "seeds=[3]"])
+    plan = expand("quickstart", [f"results_root={tmp_path}", "steps=320", "seeds=[3]"])
     methods = sorted(c["method"]["name"] for c in plan.runs)
     assert methods == ["dropout", "ensemble", "explicit", "plain"]
     by = {c["method"]["name"]: c for c in plan.runs}
@@ -54,9 +54,20 @@ def test_quickstart_grid_is_conditional_and_overrides_win(tmp_path, selection):
     # the values the tuning stage selected (here the `selection` fixture's)
     assert by["dropout"]["dropout"]["p"] == 0.1 and by["explicit"]["dropout"]["p"] == 0.2
     assert by["plain"]["optim"]["weight_decay"] == 0.01
-    assert all(c["trainer"]["max_steps"] == 7 and c["seed"] == 3 for c in plan.runs)
+    assert all(c["trainer"]["max_steps"] == 320 and c["seed"] == 3 for c in plan.runs)
     smoke = expand("quickstart", [f"results_root={tmp_path}", "smoke=true"])
     assert all(c["trainer"]["max_steps"] == 8 for c in smoke.runs)  # trainer=smoke
+
+
+def test_a_validation_schedule_beyond_the_step_budget_is_refused_before_any_run(
+    tmp_path, selection
+):
+    """quickstart validates every 160 steps for early stopping: the smoke trainer's 8 steps alone
+    (without the study's own smoke form) cannot select anything, and the study says so when it is
+    planned -- before a SLURM array is submitted, not in every task of it."""
+    with pytest.raises(ConfigError, match=r"first validation comes after 160 steps.*8-step budget"):
+        expand("quickstart", [f"results_root={tmp_path}", "trainer=smoke", "seeds=[0]"])
+    assert not tmp_path.joinpath("quickstart").exists()
 
 
 def test_grid_blocks_are_products_and_deduplicated():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dropens.errors import ConfigError, bad_choice
+from dropens.errors import ConfigError, NoRecords, bad_choice
 from dropens.records import (
     LOG_FILE,
     RECORDS_FILE,
@@ -41,7 +41,6 @@ from dropens.reporting import (
     magnitude,
     mask_distributions,
     mc_samples,
-    quickstart,
     readings,
     readings_tune,
     reference,
@@ -55,7 +54,6 @@ from dropens.study import expand, load_study_file, read_study_log
 
 Builder = Callable[[pd.DataFrame, Path], common.Section]
 BUILDERS: dict[str, Builder] = {
-    "quickstart": quickstart.build,
     "magnitude": magnitude.build,
     "ensemble_view": ensemble_view.build,
     "mask_distributions": mask_distributions.build,
@@ -118,7 +116,7 @@ def read_records_of(
             )
         return Records(local, "results", results_dir, read_study_log(results_dir), [])
     if not compact_path.exists():
-        raise ConfigError(
+        raise NoRecords(
             f"study={name!r} has no complete run record under {results_dir} and no compact "
             f"records {compact_path}; run `dropens study {name}` first"
         )

@@ -50,6 +50,7 @@ ARMS = {
     "mnist1d_mlp": "MNIST-1D MLP (residual)",
     "mnist1d_cnn1d": "MNIST-1D CNN",
     "fashion_mnist_mlp": "Fashion-MNIST MLP (10k train)",
+    "fashion_mnist_cnn2d": "Fashion-MNIST CNN [32, 64]",
 }
 K = 4  # the explicit ensemble's size: diversity is compared at T = K
 ALPHA = 0.05

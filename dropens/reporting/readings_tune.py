@@ -29,6 +29,7 @@ ARM_TITLES = {
     "mnist1d_mlp": "MNIST-1D MLP (residual)",
     "mnist1d_cnn1d": "MNIST-1D CNN",
     "fashion_mnist_mlp": "Fashion-MNIST MLP (10k train)",
+    "fashion_mnist_cnn2d": "Fashion-MNIST CNN [32, 64]",
 }
 VAL_NLL = keys.test("val", "deterministic", "nll")
 VAL_ACC = keys.test("val", "deterministic", "acc")
