@@ -43,6 +43,7 @@ from dropens.reporting.common import (
     seed_stats,
     write_table,
 )
+from dropens.reporting.readings_tune import arm_of
 from dropens.reporting.reliability import reliability_figure
 from dropens.study import load_study_file
 
@@ -54,10 +55,6 @@ ARMS = {
 }
 K = 4  # the explicit ensemble's size: diversity is compared at T = K
 ALPHA = 0.05
-
-
-def arm_of(run: pd.Series | dict) -> str:
-    return f"{run['cfg.data.name']}_{run['cfg.model.name']}"
 
 
 @dataclass(frozen=True)
@@ -239,12 +236,16 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """Per arm, the pre-registered decision rule on the Holm-adjusted deciding tests."""
     out = []
     for arm, rows in table.groupby("arm", sort=False):
-        rejected = {}
+        rejected, untested = {}, []
         for letter, *_ in DECIDING:
             col = f"holm_{letter}"
             vals = rows[col].dropna() if col in rows else pd.Series(dtype=float)
             rejected[letter] = bool(len(vals) and float(vals.iloc[0]) < ALPHA)
-        if all(rejected[x] for x in "abcd"):
+            if not len(vals):
+                untested.append(letter)
+        if untested:  # a deciding comparison has no seed pairs yet: no verdict either way
+            verdict = f"incomplete (no paired runs for test(s) {''.join(untested)})"
+        elif all(rejected[x] for x in "abcd"):
             verdict = "regularizer"
         elif rejected["e"] and rejected["f"]:
             verdict = "ensemble"
@@ -532,7 +533,10 @@ def _bar(ax: plt.Axes, x: float, s: dict, color: str, hatch: str | None, width: 
 
 def _mc_curve(df: pd.DataFrame, out_dir: Path) -> str:
     df = df.assign(arm=df.apply(arm_of, axis=1))
-    arms = [a for a in ARMS if a in set(df["arm"])]
+    with_dropout = set(df.loc[df["cfg.method.name"] == "dropout", "arm"])
+    arms = [
+        a for a in ARMS if a in with_dropout
+    ]  # an arm whose dropout runs are not done: left out
     sizes = mc_sizes(df)
     fig, axes = plt.subplots(2, len(arms), figsize=(4.6 * len(arms), 6.6), squeeze=False)
     for j, arm in enumerate(arms):

@@ -92,7 +92,8 @@ def reliability_figure(
                 ax.set_ylabel(f"{row_title}\naccuracy", fontsize=8)
         axes[i, 0].legend(fontsize=6, loc="upper left", handlelength=3)
     fig.suptitle(
-        "Reliability of the test predictions pooled over seeds (bars: accuracy per confidence "
+        "Reliability of the test predictions before temperature scaling, pooled over seeds "
+        "(bars: accuracy per confidence "
         "bin; dark steps: share of the examples in each bin; ECE: mean [95% CI] over seeds)",
         fontsize=9,
     )
