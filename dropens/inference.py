@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -585,9 +585,36 @@ def run(
     return Predictions(out.exp_(), aggregate, strategy.name, members.weights)
 
 
+def as_inputs(x: Any) -> Tensor:
+    """``x`` itself, or the inputs of every batch of a ``DataLoader`` (or any iterable of ``x``
+    or ``(x, y, ...)`` batches), concatenated in order.
+
+    Raises:
+        ConfigError: one line when ``x`` is neither.
+    """
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, Iterable) and not isinstance(x, (str, bytes)):
+        parts = []
+        for batch in x:
+            first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+            if not isinstance(first, Tensor):
+                raise ConfigError(
+                    f"predict: a batch of {type(x).__name__} is a {type(batch).__name__}; "
+                    "expected x or (x, y) tensors"
+                )
+            parts.append(first)
+        if not parts:
+            raise ConfigError("predict got no inputs (the loader yielded no batch)")
+        return torch.cat(parts)
+    raise ConfigError(
+        f"predict: x is a {type(x).__name__}; give a tensor [N, *input_shape] or a DataLoader"
+    )
+
+
 def predict(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Iterable,
     strategy: str,
     samples: int | None = None,
     aggregate: str = "mean",
@@ -597,7 +624,8 @@ def predict(
     max_rows: int | None = None,
     **options: Any,
 ) -> Predictions:
-    """Run ``strategy`` on inputs ``x`` ``[N, *input_shape]``; returns members ``[M, N, C]`` on CPU.
+    """Run ``strategy`` on inputs ``x`` ``[N, *input_shape]`` (or a ``DataLoader`` of ``x`` /
+    ``(x, y)`` batches, concatenated); returns members ``[M, N, C]`` on CPU.
 
     The model is put in eval mode for the call (BatchNorm running statistics) and its previous
     train/eval state, dropout modes and mask banks are restored afterwards
@@ -628,6 +656,7 @@ def predict(
     chosen = get(strategy)
     if aggregate not in AGGREGATES:
         raise bad_choice("aggregate", aggregate, AGGREGATES)
+    x = as_inputs(x)
     ctx = EvalContext(
         samples=samples,
         memory_budget_mb=memory_budget_mb,
