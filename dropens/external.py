@@ -18,18 +18,17 @@ run: seed it (or restore a run checkpoint's ``dropens_rng_state`` with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from dropens import control
 from dropens.errors import ConfigError
 from dropens.evaluation import evaluate
-from dropens.inference import DROPOUT_PROBES, has_dropout, stacked_members
+from dropens.inference import DROPOUT_PROBES, has_dropout, inputs_and_labels, stacked_members
 
-__all__ = ["default_strategies", "evaluate_model", "inputs_and_labels"]
+__all__ = ["default_strategies", "evaluate_model"]
 
 
 def default_strategies(model: nn.Module, with_train_x: bool = False) -> tuple[str, ...]:
@@ -45,42 +44,6 @@ def default_strategies(model: nn.Module, with_train_x: bool = False) -> tuple[st
     family = {m.n_members for m in control.dropout_layers(model) if m.p > 0} - {None}
     members = ("members",) if family else ()
     return ("deterministic", *members, "mc", "single", *probes)
-
-
-def inputs_and_labels(data: Any, what: str = "data") -> tuple[Tensor, Tensor | None]:
-    """``(x, y)`` of tensors, a tuple ``(x, y)``, a tensor ``x`` (no labels), or an iterable of
-    batches (a ``DataLoader``) yielding ``(x, y)`` / ``[x, y]`` / ``x``, concatenated in order.
-
-    Raises:
-        ConfigError: one line saying what ``data`` is and what is expected.
-    """
-    if isinstance(data, Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        return data[0], data[1]
-    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
-        xs: list[Tensor] = []
-        ys: list[Tensor] = []
-        for batch in data:
-            if isinstance(batch, Tensor):
-                xs.append(batch)
-            elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-                xs.append(batch[0])
-                if len(batch) > 1 and isinstance(batch[1], Tensor):
-                    ys.append(batch[1])
-            else:
-                raise ConfigError(
-                    f"{what}: a batch is a {type(batch).__name__}; expected x or (x, y) tensors"
-                )
-        if not xs:
-            raise ConfigError(f"{what} yielded no batches; give at least one example")
-        if ys and len(ys) != len(xs):
-            raise ConfigError(f"{what}: some batches have labels and some do not")
-        return torch.cat(xs), (torch.cat(ys) if ys else None)
-    raise ConfigError(
-        f"{what} is a {type(data).__name__}; give (x, y) tensors, a DataLoader of (x, y) "
-        "batches, {name: (x, y)} sets or a dropens data module"
-    )
 
 
 def _eval_sets(data: Any) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor | None]:
