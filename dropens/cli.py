@@ -22,6 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dropens.config import CONFIG_PATH_ENV
 from dropens.errors import ConfigError, NoRecords
 
 
@@ -33,6 +34,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = compose(args.overrides)
     if args.cfg:
+        from dropens.study import search_dirs_text
+
+        print("\n".join(f"# {line}" for line in search_dirs_text().splitlines()))
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
     record = train(to_container(cfg))
@@ -81,22 +85,39 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dropens.config import config_dir
-    from dropens.study import experiments_dir
+    from dropens.study import search_dirs_text
 
     try:
-        where = f"configs: {config_dir()}; experiments: {experiments_dir()}"
+        where = "; ".join(search_dirs_text().splitlines())
     except ConfigError as err:
         where = str(err)
     parser = argparse.ArgumentParser(
-        prog="dropens", description=__doc__.split("\n")[0], epilog=f"Reads {where}."
+        prog="dropens",
+        description=__doc__.split("\n")[0],
+        epilog=f"Reads (first wins) {where}. Your own configs/ and experiments/ in the current "
+        f"directory, in --config-dir DIR or in ${CONFIG_PATH_ENV} extend and override the "
+        "shipped ones.",
+    )
+    config_dir_help = (
+        "a configs directory read before the shipped one (its sibling experiments/ too); "
+        f"also ${CONFIG_PATH_ENV}"
+    )
+    parser.add_argument("--config-dir", action="append", default=[], help=config_dir_help)
+    # also accepted after the command (dropens study NAME --config-dir DIR)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config-dir", action="append", default=argparse.SUPPRESS, help=config_dir_help
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train and evaluate one run, writing its run record")
+    p_train = sub.add_parser(
+        "train", parents=[common], help="train and evaluate one run, writing its run record"
+    )
     p_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dropout.p=0.3 seed=1")
     p_train.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     p_train.set_defaults(func=_train)
-    p_study = sub.add_parser("study", help="run every run of a study (experiments/NAME.yaml)")
+    p_study = sub.add_parser(
+        "study", parents=[common], help="run every run of a study (experiments/NAME.yaml)"
+    )
     p_study.add_argument("name", help="study name, e.g. quickstart")
     p_study.add_argument(
         "overrides",
@@ -111,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the runs whose id contains this text (e.g. fashion_mnist)",
     )
     p_study.set_defaults(func=_study)
-    p_report = sub.add_parser("report", help="figures + tables of a study from its run records")
+    p_report = sub.add_parser(
+        "report", parents=[common], help="figures + tables of a study from its run records"
+    )
     p_report.add_argument("name", nargs="?", help="study name, e.g. quickstart")
     p_report.add_argument("--all", action="store_true", help="every study of experiments/")
     p_report.add_argument(
@@ -133,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_report.set_defaults(func=_report)
     p_list = sub.add_parser(
-        "list", help="the studies: claim, planned runs, complete in results/ and in the records"
+        "list",
+        parents=[common],
+        help="the studies: claim, planned runs, complete in results/ and in the records",
     )
     p_list.add_argument("overrides", nargs="*", help="e.g. results_root=/shared/results")
     p_list.add_argument("--out", default="reports", help="reports root (default: reports)")
@@ -145,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may follow options (`study NAME --match x seed=1`): argparse leaves them unparsed
     args, extra = parser.parse_known_args(argv)
+    _use_config_dirs(args.config_dir)
     if extra:
         if any(e.startswith("-") for e in extra) or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -164,6 +190,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stop:
         print(_one_line(stop), file=sys.stderr, flush=True)
         return stop.exit_code
+
+
+def _use_config_dirs(dirs: Sequence[str]) -> None:
+    """Put ``--config-dir`` directories (absolute) first in ``$DROPENS_CONFIG_PATH``, where
+    :func:`dropens.config.user_config_dirs` and every worker process of a study read them."""
+    import os
+    from pathlib import Path
+
+    if not dirs:
+        return
+    for d in dirs:
+        if not Path(d).expanduser().is_dir():
+            print(f"error: --config-dir {d!r} is not a directory", file=sys.stderr)
+            raise SystemExit(2)
+    given = [str(Path(d).expanduser().resolve()) for d in dirs]
+    rest = [e for e in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if e]
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*given, *rest])
 
 
 def _one_line(err: BaseException) -> str:

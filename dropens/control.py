@@ -62,15 +62,19 @@ def require_layers(model: nn.Module, what: str) -> list[Dropout]:
             f"{p_text}; select a site it has ({', '.join(present) or 'none'}), or change the "
             "architecture so that a selected site occurs"
         )
-    torch_dropout = sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-    also = (
-        f" (its {torch_dropout} torch.nn dropout layer(s) are not switched by dropens)"
-        if torch_dropout
-        else ""
-    )
+    from dropens.conversion import torch_dropout_modules
+
+    torch_dropout = len(torch_dropout_modules(model))
+    if torch_dropout:
+        raise ConfigError(
+            f"{what} needs dropout, but {name} has no dropens.layers.Dropout layer: its "
+            f"{torch_dropout} torch dropout module(s) are not switched by dropens; convert them "
+            "first with dropens.convert(model)"
+        )
     raise ConfigError(
-        f"{what} needs dropout, but {name} has no dropens.layers.Dropout layer at all{also}, "
-        "so dropout.p is not the problem; build it with dropens.layers.Dropout at p > 0"
+        f"{what} needs dropout, but {name} has no dropout layer at all, so dropout.p is not the "
+        "problem; add sites with dropens.add_dropout(model, after=[module names]) or build it "
+        "with dropens.layers.Dropout at p > 0"
     )
 
 

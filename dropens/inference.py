@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -585,9 +585,60 @@ def run(
     return Predictions(out.exp_(), aggregate, strategy.name, members.weights)
 
 
+def inputs_and_labels(data: Any, what: str = "data") -> tuple[Tensor, Tensor | None]:
+    """``(x, y)`` of tensors, a tuple ``(x, y)``, a tensor ``x`` (no labels), or an iterable of
+    batches (a ``DataLoader``) yielding ``(x, y)`` / ``[x, y]`` / ``x``, concatenated in order.
+
+    Raises:
+        ConfigError: one line saying what ``data`` is and what is expected.
+    """
+    if isinstance(data, Tensor):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        return data[0], data[1]
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
+        xs: list[Tensor] = []
+        ys: list[Tensor] = []
+        # a DataLoader draws its base seed from the global RNG: reading the data must not move
+        # the stream the masks are drawn from (a loader gives the numbers its tensors give)
+        with torch.random.fork_rng(devices=[]):
+            batches = list(data)
+        for batch in batches:
+            if isinstance(batch, Tensor):
+                xs.append(batch)
+            elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+                xs.append(batch[0])
+                if len(batch) > 1 and isinstance(batch[1], Tensor):
+                    ys.append(batch[1])
+            else:
+                raise ConfigError(
+                    f"{what}: a batch is a {type(batch).__name__}; expected x or (x, y) tensors"
+                )
+        if not xs:
+            raise ConfigError(f"{what} yielded no batches; give at least one example")
+        if ys and len(ys) != len(xs):
+            raise ConfigError(f"{what}: some batches have labels and some do not")
+        return torch.cat(xs), (torch.cat(ys) if ys else None)
+    raise ConfigError(
+        f"{what} is a {type(data).__name__}; give (x, y) tensors, a DataLoader of (x, y) "
+        "batches, {name: (x, y)} sets or a dropens data module"
+    )
+
+
+def as_inputs(x: Any) -> Tensor:
+    """``x`` itself, or the inputs ``[N, *input_shape]`` of every batch of a ``DataLoader`` (or any
+    iterable of ``x`` or ``(x, y, ...)`` batches), concatenated in order
+    (:func:`inputs_and_labels`).
+
+    Raises:
+        ConfigError: one line when ``x`` is neither.
+    """
+    return inputs_and_labels(x, "predict: x")[0]
+
+
 def predict(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | Iterable,
     strategy: str,
     samples: int | None = None,
     aggregate: str = "mean",
@@ -597,7 +648,8 @@ def predict(
     max_rows: int | None = None,
     **options: Any,
 ) -> Predictions:
-    """Run ``strategy`` on inputs ``x`` ``[N, *input_shape]``; returns members ``[M, N, C]`` on CPU.
+    """Run ``strategy`` on inputs ``x`` ``[N, *input_shape]`` (or a ``DataLoader`` of ``x`` /
+    ``(x, y)`` batches, concatenated); returns members ``[M, N, C]`` on CPU.
 
     The model is put in eval mode for the call (BatchNorm running statistics) and its previous
     train/eval state, dropout modes and mask banks are restored afterwards
@@ -628,6 +680,7 @@ def predict(
     chosen = get(strategy)
     if aggregate not in AGGREGATES:
         raise bad_choice("aggregate", aggregate, AGGREGATES)
+    x = as_inputs(x)
     ctx = EvalContext(
         samples=samples,
         memory_budget_mb=memory_budget_mb,

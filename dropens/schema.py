@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from dropens.config import GROUPS, config_dir
+from dropens.config import GROUPS, config_dirs, config_file
 from dropens.errors import ConfigError, bad_choice
 from dropens.paths import RUN_ID, check_name
 
@@ -56,17 +56,28 @@ def _load(path) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k != "defaults"}
 
 
-@cache
 def _train_yaml() -> dict[str, Any]:
-    return _load(config_dir() / "train.yaml")
+    return _train_yaml_of(tuple(config_dirs()))
 
 
 @cache
+def _train_yaml_of(dirs: tuple) -> dict[str, Any]:
+    return _load(config_file("train.yaml"))
+
+
 def _group_keys(group: str, name: str | None = None) -> tuple[str, ...]:
-    """Keys of ``configs/<group>/<name>.yaml`` (every file of the group when ``name`` is None)."""
-    files = (
-        [config_dir() / group / f"{name}.yaml"] if name else (config_dir() / group).glob("*.yaml")
-    )
+    """Keys of ``configs/<group>/<name>.yaml`` as Hydra finds it (every file of the group in every
+    configs directory when ``name`` is None; :func:`dropens.config.config_dirs`)."""
+    return _group_keys_of(tuple(config_dirs()), group, name)
+
+
+@cache
+def _group_keys_of(dirs: tuple, group: str, name: str | None) -> tuple[str, ...]:
+    if name:
+        found = config_file(f"{group}/{name}.yaml")
+        files = [found] if found is not None else []
+    else:
+        files = [p for base in dirs for p in sorted((base / group).glob("*.yaml"))]
     keys: dict[str, None] = {}
     for path in files:
         keys.update(dict.fromkeys(_load(path)))
@@ -81,9 +92,9 @@ def trainer_keys() -> tuple[str, ...]:
     return tuple(p for p in params if p not in TRAINER_RESERVED)
 
 
-@cache
 def _group_files(group: str) -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
+    dirs = config_dirs()
+    return tuple(sorted({p.stem for base in dirs for p in (base / group).glob("*.yaml")}))
 
 
 def _unknown(node: str, key: str, valid: Sequence[str], what: str) -> ConfigError:

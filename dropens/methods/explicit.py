@@ -59,6 +59,22 @@ class Explicit(Method):
             f"network); got {dropout['scale']!r}",
         )
 
+    @classmethod
+    def build_backbone(
+        cls, cfg: Mapping[str, Any], input_shape: tuple[int, ...], n_classes: int
+    ) -> nn.Module:
+        """The dropout backbone; every site with ``p > 0`` must be element-wise and inverted
+        (a ``model=custom`` model keeps the structure of its own dropout modules)."""
+        backbone = super().build_backbone(cfg, input_shape, n_classes)
+        for m in control.dropout_layers(backbone):
+            require(
+                m.p == 0 or (m.structure == "element" and m.scale == "inverted"),
+                f"method=explicit needs element-wise inverted dropout at every site, but site "
+                f"{m.site!r} has structure={m.structure!r}, scale={m.scale!r}; use "
+                "model.dropout_sites=[after] or another method",
+            )
+        return backbone
+
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         logits, sites = self.forward_with_sites(x)
         penalty = sum(site_penalties(logits, sites), start=logits.new_zeros(()))

@@ -13,6 +13,8 @@ cnn1d      :class:`CNN1d` (MNIST-1D reference CNN)       input, conv, head*
 cnn2d      :class:`CNN2d` (small CNN for 28x28)          input, conv, hidden*
 resnet20   :class:`CifarResNet` (He et al. 2016)         block, head*
 wrn        :class:`WideResNet` (Zagoruyko 2016)          block, head*
+custom     :class:`Custom`: any model from a factory     own (its dropout modules),
+           (``model.target``), :mod:`.custom`            after (``model.dropout_after``)
 =========  ===========================================  ==============================
 
 (* flat site: input ``(N, F)``.)
@@ -36,6 +38,7 @@ from dropens.models.base import (
     register_model,
 )
 from dropens.models.cnn import CNN1d, CNN2d
+from dropens.models.custom import Custom
 from dropens.models.mlp import MLP
 from dropens.models.resnet import CifarResNet, WideResNet
 
@@ -47,6 +50,7 @@ __all__ = [
     "CNN1d",
     "CNN2d",
     "CifarResNet",
+    "Custom",
     "WideResNet",
     "architecture_fields",
     "build_model",
