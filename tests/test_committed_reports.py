@@ -20,7 +20,7 @@ BUDGET_MB = 30  # all studies' compact records together (README, "Studies and re
 NOT_RUN_HERE = {"readings_fashion_cnn_tune", "readings_fashion_cnn"}
 # studies whose records were lost before records travelled with reports/ (issue 19) and that are
 # not retrained yet: their REPORT.md section must say so (AWAITING), and nothing else may be missing
-AWAITING_RECORDS = {"mask_distributions", "shortcut"}
+AWAITING_RECORDS = {"shortcut"}
 AWAITING = "**Awaiting records.**"
 REPORTED = [n for n in study_names() if n not in NOT_RUN_HERE | AWAITING_RECORDS]
 
