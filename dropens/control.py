@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
+from dropens.conversion import torch_dropout_modules
 from dropens.errors import ConfigError, check_choice
 from dropens.layers import EVAL_MULTIPLIERS, Dropout
 
@@ -62,8 +63,6 @@ def require_layers(model: nn.Module, what: str) -> list[Dropout]:
             f"{p_text}; select a site it has ({', '.join(present) or 'none'}), or change the "
             "architecture so that a selected site occurs"
         )
-    from dropens.conversion import torch_dropout_modules
-
     torch_dropout = len(torch_dropout_modules(model))
     if torch_dropout:
         raise ConfigError(

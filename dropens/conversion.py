@@ -59,8 +59,7 @@ from torch import Tensor, nn
 
 from dropens import masks
 from dropens.errors import ConfigError
-from dropens.layers import Dropout
-from dropens.models.base import dropout_spec
+from dropens.layers import Dropout, dropout_spec
 
 __all__ = ["FUNCTIONAL_ATTRS", "DropoutAfter", "add_dropout", "convert", "torch_dropout_modules"]
 

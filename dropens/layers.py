@@ -25,8 +25,9 @@ Use :mod:`dropens.control` to switch every layer of a model at once.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -340,3 +341,32 @@ class Dropout(nn.Module):
             multiplier=self.eval_multiplier,
         )
         return y.reshape(x.shape) if view is not x else y
+
+
+# The fields of a ``dropout`` config node: the :class:`dropens.layers.Dropout` arguments.
+DROPOUT_FIELDS = ("p", "dist", "structure", "scale", "block_size", "share_channels")
+# Keys a dropout node may carry that are not layer arguments (ignored here).
+_DROPOUT_META = ("name",)
+
+
+def dropout_spec(dropout_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``Dropout`` keyword arguments of a ``dropout`` config node (``None``: ``p = 0``).
+
+    Raises:
+        ConfigError: a key that is not one of :data:`DROPOUT_FIELDS`, or an invalid spec.
+    """
+    if dropout_cfg is None:
+        dropout_cfg = {"p": 0.0}
+    spec: dict[str, Any] = {}
+    for key, value in dropout_cfg.items():
+        if key in _DROPOUT_META:
+            continue
+        if key not in DROPOUT_FIELDS:
+            raise bad_choice("dropout field", key, DROPOUT_FIELDS)
+        spec[key] = value
+    defaults = {"p": 0.5, "dist": "bernoulli", "structure": "element", "scale": "inverted"}
+    full = {**defaults, "block_size": None, "share_channels": False, **spec}
+    masks.validate_spec(
+        full["p"], full["dist"], full["structure"], full["scale"], full["block_size"]
+    )
+    return full

@@ -22,12 +22,9 @@ from torch import nn
 
 from dropens import masks
 from dropens.errors import ConfigError, bad_choice
+from dropens.layers import DROPOUT_FIELDS as DROPOUT_FIELDS  # re-exported: dropens.models
 from dropens.layers import Dropout
-
-# The fields of a ``dropout`` config node: the :class:`dropens.layers.Dropout` arguments.
-DROPOUT_FIELDS = ("p", "dist", "structure", "scale", "block_size", "share_channels")
-# Keys a dropout node may carry that are not layer arguments (ignored here).
-_DROPOUT_META = ("name",)
+from dropens.layers import dropout_spec as dropout_spec  # re-exported: dropens.models
 
 MODELS: dict[str, type[Backbone]] = {}
 
@@ -41,29 +38,6 @@ def register_model(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
         return cls
 
     return add
-
-
-def dropout_spec(dropout_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``Dropout`` keyword arguments of a ``dropout`` config node (``None``: ``p = 0``).
-
-    Raises:
-        ConfigError: a key that is not one of :data:`DROPOUT_FIELDS`, or an invalid spec.
-    """
-    if dropout_cfg is None:
-        dropout_cfg = {"p": 0.0}
-    spec: dict[str, Any] = {}
-    for key, value in dropout_cfg.items():
-        if key in _DROPOUT_META:
-            continue
-        if key not in DROPOUT_FIELDS:
-            raise bad_choice("dropout field", key, DROPOUT_FIELDS)
-        spec[key] = value
-    defaults = {"p": 0.5, "dist": "bernoulli", "structure": "element", "scale": "inverted"}
-    full = {**defaults, "block_size": None, "share_channels": False, **spec}
-    masks.validate_spec(
-        full["p"], full["dist"], full["structure"], full["scale"], full["block_size"]
-    )
-    return full
 
 
 def shape_error(name: str, input_shape: Sequence[int], need: str) -> ConfigError:

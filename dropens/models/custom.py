@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from dropens import control
+from dropens.conversion import add_dropout, convert, torch_dropout_modules
 from dropens.errors import ConfigError
 from dropens.models.base import Backbone, register_model
 
@@ -137,9 +138,6 @@ class Custom(Backbone):
         kwargs: Mapping[str, Any] | None = None,
         dropout_after: Sequence[str] | None = (),
     ) -> None:
-        # dropens.conversion imports dropens.models (dropout_spec): import it here, not above
-        from dropens.conversion import add_dropout, convert, torch_dropout_modules
-
         super().__init__(input_shape, n_classes, sites=sites, dropout=dropout)
         if dropout_after is None:
             dropout_after = []
@@ -195,8 +193,6 @@ class Custom(Backbone):
         return logits_of(self.net(x))
 
     def extra_repr(self) -> str:
-        from dropens.conversion import torch_dropout_modules
-
         left = len(torch_dropout_modules(self.net))
         return f"target={self.target!r}, own={len(self.converted)}, after={self.added}" + (
             f", unconverted={left}" if left else ""
