@@ -119,15 +119,17 @@ def _dropens() -> str:
 
 def test_killed_study_resumes_training_only_missing_runs(tmp_path):
     """Acceptance: kill `dropens study quickstart` midway; the rerun trains only what is missing."""
-    args = [_dropens(), "study", "quickstart", *TINY, "seeds=[0]", f"results_root={tmp_path}"]
-    plan = expand("quickstart", [*TINY, "seeds=[0]", f"results_root={tmp_path}"])
-    records = plan.records()
+    # Three seeds (12 runs): a smoke run can finish in ~0.2 s on a fast machine, so four runs
+    # left too short a window between the first DONE and the last (CI once saw all four done).
+    overrides = [*TINY, "seeds=[0,1,2]", f"results_root={tmp_path}"]
+    args = [_dropens(), "study", "quickstart", *overrides]
+    records = expand("quickstart", overrides).records()
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     deadline = time.time() + 240
     while time.time() < deadline and not any(r.done for r in records):
-        time.sleep(0.2)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {r.path.name: (r.path / "DONE").stat().st_mtime_ns for r in records if r.done}
@@ -207,13 +209,16 @@ def _alive(pid: int) -> bool:
 def test_killing_the_study_process_kills_its_workers(tmp_path):
     """A worker must not outlive `dropens study`: an orphan would keep training a run that the next
     `dropens study` starts again beside it, two processes writing one record."""
-    args = [_dropens(), "study", "quickstart", *TINY, "seeds=[0]", f"results_root={tmp_path}"]
+    # 200 steps a run (not the smoke 8, ~0.2 s): the study must still be running when it is killed
+    args = [_dropens(), "study", "quickstart", *TINY, "seeds=[0]", "trainer.max_steps=200"]
     proc = subprocess.Popen(
-        [*args, "launcher.workers=2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*args, f"results_root={tmp_path}", "launcher.workers=2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list(tmp_path.glob("quickstart/*/config.yaml")):
-        time.sleep(0.2)  # a worker has started a run
+        time.sleep(0.02)  # a worker has started a run
     workers = _live_children(proc.pid)
     assert len(workers) >= 2, workers  # the two workers (+ multiprocessing's resource tracker)
     proc.kill()  # the study process only, not its process group
