@@ -7,7 +7,7 @@ run, sorted by run id — and regenerates every figure from it on a fresh clone 
 
     {"schema": 1, "run_id": "...",
      "config": {...},            # config.yaml: the resolved config (enough to rerun the run)
-     "info": {...},              # run.json: commit, wall time, versions, device
+     "info": {...},              # run.json: commit, wall time, versions, device, cost
      "metrics": {...},           # metrics.json: every scalar, keys stage/set/strategy/metric
      "magnitudes": {...} | null, # magnitudes.json: per-layer activation statistics
      "occlusion": {...} | null,  # occlusion.json: occlusion-sensitivity map (shortcut study)

@@ -8,7 +8,8 @@ One run writes one directory, complete or visibly incomplete::
       predictions.npz    per eval set and strategy: members ``[M, N, C]`` float16 (+ ``labels/<set>``)
       magnitudes.json    per-layer activation statistics, train mode vs eval mode
                          (``dropens.evaluation.magnitudes``; read with :meth:`RunRecord.magnitudes`)
-      run.json           wall time, versions, git commit (not in metrics.json, which must be reproducible)
+      run.json           wall time, versions, git commit, parameter count and training FLOPs per
+                         example (dropens.cost; not in metrics.json, which must be reproducible)
       checkpoints/       Lightning checkpoints (resume)
       DONE               written last, atomically
 

@@ -44,6 +44,7 @@ from dropens.checks import (
     check_trainer,
     validate_config,
 )
+from dropens.cost import cost_info
 from dropens.cues import cue_metrics, occlusion_record
 from dropens.data import build_datamodule
 from dropens.data.base import resolve_root
@@ -454,10 +455,13 @@ def _evaluate_and_record(
     tracking.log_summary(logger, metrics)
     tracking.log_run_figures(logger, metrics, arrays)
     tracking.finish(logger)
+    batch = prep.datamodule.x_train[: prep.datamodule.batch_size].to(device)
+    labels = prep.datamodule.y_train[: prep.datamodule.batch_size].to(device)
     info = {
         "wall_s": round(time.time() - start, 2),
         "steps": int(trainer.global_step),
         **selected,
+        **cost_info(method, batch, labels),  # after training: it cannot touch the trajectory
         "git_commit": commit,
         "git_dirty": dirty,  # true: uncommitted changes on top of git_commit
         "torch": torch.__version__,
