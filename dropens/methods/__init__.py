@@ -6,7 +6,9 @@
   ``partition``, objective ``member`` or ``ensemble``);
 - ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``);
 - ``explicit``: no masks: the deterministic pass plus dropout's explicit regularizer at every
-  dropout site (Wei, Kakade & Ma 2020).
+  dropout site (Wei, Kakade & Ma 2020);
+- ``mimo``: ``M`` subnetworks of one multi-input multi-output backbone (Havasi et al. 2021): first
+  layer widened to ``M`` inputs, ``M`` classifier heads, each input slot its own example.
 
 Every method declares its test-time evaluation plan in ``eval_strategies`` (see
 :func:`dropens.evaluation.evaluate`).
@@ -19,11 +21,12 @@ from dropens.methods.base import Method
 from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.explicit import Explicit
+from dropens.methods.mimo import Mimo, MimoNet
 from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit)
+    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Mimo)
 }
 
 
@@ -40,6 +43,8 @@ __all__ = [
     "Ensemble",
     "Explicit",
     "Method",
+    "Mimo",
+    "MimoNet",
     "Plain",
     "StackedEnsemble",
     "Subnets",
