@@ -66,13 +66,11 @@ class BatchEnsembleLayer(nn.Module):
 
     def __init__(self, layer: nn.Linear | _ConvNd, k: int) -> None:
         super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"method.k={k!r} is not valid; choose an integer >= 1 (members)")
         if isinstance(layer, nn.Linear):
-            n_in, n_out, self.channel_axis, self.groups = (
-                layer.in_features,
-                layer.out_features,
-                -1,
-                1,
-            )
+            n_in, n_out = layer.in_features, layer.out_features
+            self.channel_axis, self.groups = -1, 1
         elif isinstance(layer, _ConvNd) and not layer.transposed:
             n_in, n_out, self.channel_axis = layer.in_channels, layer.out_channels, 1
             self.groups = int(layer.groups)
