@@ -5,6 +5,8 @@
 - ``subnets``: ``K`` fixed-mask subnetworks sharing every weight (batching ``repeat`` or
   ``partition``, objective ``member`` or ``ensemble``);
 - ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``);
+- ``batchensemble``: ``K`` members sharing every weight up to rank-one fast weights, trained on
+  the batch tiled over members (Wen, Tran & Ba 2020);
 - ``explicit``: no masks: the deterministic pass plus dropout's explicit regularizer at every
   dropout site (Wei, Kakade & Ma 2020);
 - ``mimo``: ``M`` subnetworks of one multi-input multi-output backbone (Havasi et al. 2021): first
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from dropens.errors import bad_choice
 from dropens.methods.base import Method
+from dropens.methods.batchensemble import BatchEnsemble
 from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.explicit import Explicit
@@ -26,7 +29,8 @@ from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Mimo)
+    cls.name: cls
+    for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Mimo, BatchEnsemble)
 }
 
 
@@ -39,6 +43,7 @@ def method_class(name: str) -> type[Method]:
 
 __all__ = [
     "METHODS",
+    "BatchEnsemble",
     "DropoutMethod",
     "Ensemble",
     "Explicit",

@@ -158,11 +158,17 @@ class Method(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizer
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one group of every parameter by default (``optim.lr``
+        and ``optim.weight_decay``); a method gives some parameters their own ``lr`` or
+        ``weight_decay`` by returning more groups (the schedule scales every group alike)."""
+        return [{"params": list(self.parameters())}]
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
         check_choice("optim.name", cfg["name"], OPTIMIZERS)
         check_choice("optim.schedule", cfg["schedule"], SCHEDULES)
-        params = self.parameters()
+        params = self.param_groups()
         if cfg["name"] == "adamw":
             opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         else:
