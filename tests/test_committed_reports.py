@@ -18,26 +18,13 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 BUDGET_MB = 30  # all studies' compact records together (README, "Studies and reports")
 # prepared for a GPU or SLURM machine and not run on the 2-core CPU of this project (README)
 NOT_RUN_HERE = {"readings_fashion_cnn_tune", "readings_fashion_cnn"}
-# studies whose records were lost before records travelled with reports/ (issue 19) and that are
-# not retrained yet: their REPORT.md section must say so (AWAITING), and nothing else may be missing
-AWAITING_RECORDS = {"shortcut"}
-AWAITING = "**Awaiting records.**"
-REPORTED = [n for n in study_names() if n not in NOT_RUN_HERE | AWAITING_RECORDS]
+REPORTED = [n for n in study_names() if n not in NOT_RUN_HERE]
 
 
 def test_every_study_run_here_has_committed_records():
     missing = [n for n in REPORTED if not (REPORTS / n / RECORDS_FILE).exists()]
     assert not missing, f"no committed records for {missing}"
-    assert set(study_names()) >= NOT_RUN_HERE | AWAITING_RECORDS  # the lists name real studies
-
-
-@pytest.mark.parametrize("name", sorted(AWAITING_RECORDS))
-def test_a_study_awaiting_its_records_says_so_in_the_report(name):
-    """Its figures and tables cannot be regenerated from a clone: the section must open with the
-    marker, so no reader takes them for checked numbers."""
-    assert not (REPORTS / name / RECORDS_FILE).exists(), f"{name} has records: take it off the list"
-    section = _section((REPORTS / "REPORT.md").read_text(), name)
-    assert AWAITING in section.split("\n**Claim.**")[0], section[:500]
+    assert set(study_names()) >= NOT_RUN_HERE  # the list names real studies
 
 
 def _section(text: str, name: str) -> str:
