@@ -6,7 +6,9 @@
   ``partition``, objective ``member`` or ``ensemble``);
 - ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``);
 - ``explicit``: no masks: the deterministic pass plus dropout's explicit regularizer at every
-  dropout site (Wei, Kakade & Ma 2020).
+  dropout site (Wei, Kakade & Ma 2020);
+- ``packed``: Packed-Ensembles (Laurent et al. 2023): ``M`` members as the groups of one widened
+  backbone's grouped layers, no dropout.
 
 Every method declares its test-time evaluation plan in ``eval_strategies`` (see
 :func:`dropens.evaluation.evaluate`).
@@ -19,11 +21,12 @@ from dropens.methods.base import Method
 from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.explicit import Explicit
+from dropens.methods.packed import Packed, PackedEnsemble
 from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit)
+    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Packed)
 }
 
 
@@ -40,6 +43,8 @@ __all__ = [
     "Ensemble",
     "Explicit",
     "Method",
+    "Packed",
+    "PackedEnsemble",
     "Plain",
     "StackedEnsemble",
     "Subnets",
