@@ -301,6 +301,9 @@ def test_backbone_has_no_dropout_and_the_stacked_protocol():
 def test_pack_refuses_what_it_cannot_convert():
     with pytest.raises(ConfigError, match=r"cannot convert layer '1'.*LayerNorm"):
         pack(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)), 2, 2.0, 1, (4,))
+    # MLP 40-40 with residual=true: the first layer's input (rows) is added to its output (channels)
+    with pytest.raises(ConfigError, match="is the first layer inside a residual block"):
+        pack(MLP(SEQ, C, widths=(40,), residual=True), 2, 2.0, 1, SEQ)
     shared = nn.Linear(4, 4)
     with pytest.raises(ConfigError, match="called 2 times"):
         pack(nn.Sequential(shared, nn.ReLU(), shared), 2, 2.0, 1, (4,))

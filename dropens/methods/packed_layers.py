@@ -339,8 +339,15 @@ def pack(net: nn.Module, m: int, alpha: float, gamma: int, input_shape: Sequence
     _check_convertible(net, order)
     _convert(net, m, alpha, gamma, order[0], order[-1])
     net.eval()  # the new BatchNorm layers too
-    with torch.no_grad():
-        net(torch.zeros(m, *input_shape))  # measures the Linear input widths
+    try:
+        with torch.no_grad():
+            net(torch.zeros(m, *input_shape))  # measures the Linear input widths
+    except RuntimeError as err:  # e.g. a residual around the first layer: (m b) rows + channels
+        text = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"method=packed cannot convert {type(net).__name__}: its forward mixes the stacked "
+            f"rows and the packed channels ({text}); is the first layer inside a residual block?"
+        ) from None
     _materialize(net, m)
     net.train(was_training)
     return net
