@@ -11,6 +11,8 @@
   dropout site (Wei, Kakade & Ma 2020);
 - ``mimo``: ``M`` subnetworks of one multi-input multi-output backbone (Havasi et al. 2021): first
   layer widened to ``M`` inputs, ``M`` classifier heads, each input slot its own example.
+- ``packed``: Packed-Ensembles (Laurent et al. 2023): ``M`` members as the groups of one widened
+  backbone's grouped layers, no dropout.
 
 Every method declares its test-time evaluation plan in ``eval_strategies`` (see
 :func:`dropens.evaluation.evaluate`).
@@ -25,12 +27,13 @@ from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.explicit import Explicit
 from dropens.methods.mimo import Mimo, MimoNet
+from dropens.methods.packed import Packed, PackedEnsemble
 from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Mimo, BatchEnsemble)
+    for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Mimo, BatchEnsemble, Packed)
 }
 
 
@@ -50,6 +53,8 @@ __all__ = [
     "Method",
     "Mimo",
     "MimoNet",
+    "Packed",
+    "PackedEnsemble",
     "Plain",
     "StackedEnsemble",
     "Subnets",
