@@ -17,6 +17,7 @@ from torch import nn
 from dropens import control
 from dropens.config import compose, to_container
 from dropens.inference import predict
+from dropens.layout import stack
 from dropens.methods import Mimo, MimoNet, method_class
 from dropens.methods.mimo import mimo_batch, mimo_indices, mimo_loss, shuffled_rows
 from dropens.models import build_model
@@ -87,10 +88,17 @@ def test_only_first_layer_and_classifier_are_widened(name):
         assert mimo(x).shape == (k * 2, C)
 
 
-def test_dropout_layers_are_off_whatever_dropout_p():
+def test_dropout_layers_are_off_unless_member_dropout():
     method = _method("model=cnn2d", "dropout.p=0.5", shape=(1, 8, 8))
     layers = control.dropout_layers(method.backbone)
     assert layers and all(m.p == 0.0 for m in layers)
+    on = _method("model=cnn2d", "dropout.p=0.5", "method.member_dropout=true", shape=(1, 8, 8))
+    layers = control.dropout_layers(on.backbone)
+    assert layers and all(m.p == 0.5 for m in layers)
+    x = stack(torch.randn(2, 1, 8, 8), on.backbone.n_members)
+    on.eval()
+    with torch.no_grad():  # off at test time: deterministic members
+        torch.testing.assert_close(on.backbone(x), on.backbone(x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn1d_flat", "cnn2d"])
@@ -307,6 +315,14 @@ BAD = {
     "rho_bool": (["method.input_repetition=true"], ["method.input_repetition=True", "[0, 1]"]),
     "reps_zero": (["method.batch_repetition=0"], ["method.batch_repetition=0", ">= 1"]),
     "reps_float": (["method.batch_repetition=2.5"], ["method.batch_repetition=2.5", "integer"]),
+    "member_dropout_text": (
+        ["method.member_dropout=yes"],
+        ["method.member_dropout='yes'", "true, false"],
+    ),
+    "member_dropout_without_p": (
+        ["method.member_dropout=true", "dropout.p=0"],
+        ["method.member_dropout=true with dropout.p=0"],
+    ),
     "custom_model": (
         ["model=custom", "model.target=torchvision.models:resnet18"],
         ["method=mimo", "model.name='custom'", "mlp, cnn1d, cnn2d, resnet20, wrn"],

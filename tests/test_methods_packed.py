@@ -288,6 +288,14 @@ def test_backbone_has_no_dropout_and_the_stacked_protocol():
     backbone = Packed.build_backbone(cfg, SEQ, C)
     layers = control.dropout_layers(backbone)
     assert layers and all(m.p == 0.0 for m in layers)
+    on = Packed.build_backbone(
+        _cfg("model=cnn1d", "dropout.p=0.5", "method.member_dropout=true"), SEQ, C
+    )
+    assert all(m.p == 0.5 for m in control.dropout_layers(on))
+    rows = torch.randn(4 * 3, *SEQ)
+    with torch.no_grad():  # dropout samples in training only
+        assert not torch.equal(on.train()(rows), on.train()(rows))
+        torch.testing.assert_close(on.eval()(rows), on.eval()(rows), atol=0, rtol=0)
     assert backbone.n_members == 4 and backbone.stacked_members is True
     assert method_class("packed") is Packed and Packed.eval_strategies == ("members",)
     x = torch.randn(3, *SEQ)
@@ -402,6 +410,14 @@ BAD = {
     "alpha_bool": (["method.alpha=true"], ["method.alpha=True", "number > 0"]),
     "gamma_zero": (["method.gamma=0"], ["method.gamma=0", "integer >= 1"]),
     "gamma_float": (["method.gamma=1.5"], ["method.gamma=1.5", "integer >= 1"]),
+    "member_dropout_text": (
+        ["method.member_dropout=yes"],
+        ["method.member_dropout='yes'", "true, false"],
+    ),
+    "member_dropout_without_p": (
+        ["method.member_dropout=true", "dropout.p=0"],
+        ["method.member_dropout=true with dropout.p=0"],
+    ),
     "custom_model": (
         ["model=custom", "model.target=torchvision.models:resnet18"],
         ["method=packed", "model.name='custom'", "mlp, cnn1d, cnn2d"],

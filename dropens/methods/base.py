@@ -8,6 +8,7 @@ record live elsewhere (STYLE.md anti-pattern: one routine class with 17 switches
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -196,3 +197,40 @@ def require(cond: bool, message: str) -> None:
     """Raise a one-line ConfigError with ``message`` unless ``cond``."""
     if not cond:
         raise ConfigError(message)
+
+
+def check_member_dropout(cfg: Mapping[str, Any]) -> bool:
+    """``method.member_dropout`` of an ensemble-family method as a bool (one-line ConfigError for
+    a non-bool, or for ``true`` with ``dropout.p=0``, which would train the members without it)."""
+    member_dropout = cfg["method"]["member_dropout"]
+    require(
+        isinstance(member_dropout, bool),
+        f"method.member_dropout={member_dropout!r} is not valid; choose one of: true, false",
+    )
+    require(
+        not member_dropout or float(cfg["dropout"]["p"]) != 0,
+        "method.member_dropout=true with dropout.p=0 trains members without dropout; "
+        "choose dropout.p > 0 or method.member_dropout=false",
+    )
+    return member_dropout
+
+
+def member_dropout_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``dropout`` node the members' backbone is built with: ``cfg["dropout"]``, at ``p = 0``
+    unless ``method.member_dropout`` (the ensemble family's members have no dropout by default)."""
+    dropout = dict(cfg["dropout"])
+    if not cfg["method"]["member_dropout"]:
+        dropout["p"] = 0.0
+    return dropout
+
+
+def warn_coupled_clipping(cfg: Mapping[str, Any], method: str) -> None:
+    """Warn that ``trainer.gradient_clip_val`` clips one norm over all of ``method``'s members,
+    so that one member's large gradient shrinks every member's step (they are no longer
+    trained independently)."""
+    if cfg.get("trainer", {}).get("gradient_clip_val"):
+        warnings.warn(
+            f"trainer.gradient_clip_val with method={method} clips one norm over all members: "
+            "the members are no longer trained independently",
+            stacklevel=3,
+        )

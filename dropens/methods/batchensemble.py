@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from dropens.errors import check_choice
 from dropens.layout import stack
-from dropens.methods.base import Method, require
+from dropens.methods.base import Method, check_member_dropout, member_dropout_spec, require
 from dropens.methods.batchensemble_layers import (
     FAST_INITS,
     BatchEnsembleNet,
@@ -80,16 +80,7 @@ class BatchEnsemble(Method):
         check_choice("method.fast_init", method["fast_init"], FAST_INITS)
         _positive_number("method.fast_init_std", method["fast_init_std"])
         _positive_number("method.fast_lr_multiplier", method["fast_lr_multiplier"])
-        member_dropout = method["member_dropout"]
-        require(
-            isinstance(member_dropout, bool),
-            f"method.member_dropout={member_dropout!r} is not valid; choose one of: true, false",
-        )
-        require(
-            not member_dropout or float(cfg["dropout"]["p"]) != 0,
-            "method.member_dropout=true with dropout.p=0 trains members without dropout; "
-            "choose dropout.p > 0 or method.member_dropout=false",
-        )
+        check_member_dropout(cfg)
 
     @classmethod
     def build_backbone(
@@ -99,10 +90,7 @@ class BatchEnsemble(Method):
         ``method.k`` members; fast weights drawn next from the global RNG."""
         method = cfg["method"]
         k = check_k(method["k"])
-        dropout = dict(cfg["dropout"])
-        if not method["member_dropout"]:
-            dropout["p"] = 0.0
-        net = build_model(cfg["model"], dropout, input_shape, n_classes)
+        net = build_model(cfg["model"], member_dropout_spec(cfg), input_shape, n_classes)
         convert(net, k, method["fast_init"], float(method["fast_init_std"]))
         return BatchEnsembleNet(net, k)
 

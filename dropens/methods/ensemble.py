@@ -39,7 +39,6 @@ of "the" network: the evaluation plan is the members, alone and aggregated. (Mem
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -50,7 +49,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dropens.errors import ConfigError
 from dropens.layout import unstack
-from dropens.methods.base import Method, require
+from dropens.methods.base import (
+    Method,
+    check_member_dropout,
+    member_dropout_spec,
+    warn_coupled_clipping,
+)
 from dropens.methods.subnets import check_k
 from dropens.models import build_model
 
@@ -208,22 +212,8 @@ class Ensemble(Method):
     def validate(cls, cfg: Mapping[str, Any]) -> None:
         method = cfg["method"]
         check_k(method["k"])
-        member_dropout = method["member_dropout"]
-        require(
-            isinstance(member_dropout, bool),
-            f"method.member_dropout={member_dropout!r} is not valid; choose one of: true, false",
-        )
-        require(
-            not member_dropout or float(cfg["dropout"]["p"]) != 0,
-            "method.member_dropout=true with dropout.p=0 trains members without dropout; "
-            "choose dropout.p > 0 or method.member_dropout=false",
-        )
-        if cfg.get("trainer", {}).get("gradient_clip_val"):
-            warnings.warn(
-                "trainer.gradient_clip_val with method=ensemble clips one norm over all members: "
-                "the members are no longer trained independently",
-                stacklevel=2,
-            )
+        check_member_dropout(cfg)
+        warn_coupled_clipping(cfg, "ensemble")
 
     @classmethod
     def build_member(
@@ -231,9 +221,7 @@ class Ensemble(Method):
     ) -> nn.Module:
         """Member ``k`` as a single backbone, initialized from :func:`init_seed` (global RNG
         untouched). With ``member_dropout=false`` its dropout layers are at ``p = 0``."""
-        dropout = dict(cfg["dropout"])
-        if not cfg["method"]["member_dropout"]:
-            dropout["p"] = 0.0
+        dropout = member_dropout_spec(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(cfg["seed"], k))
             return build_model(cfg["model"], dropout, input_shape, n_classes)

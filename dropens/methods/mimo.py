@@ -41,9 +41,10 @@ TorchUncertainty averages over heads instead (``1/M`` of this: with SGD an ``M``
 step; AdamW is nearly blind to the scale, but not its weight decay's relative strength).
 ``train/loss`` logs the sum divided by ``M``, comparable with the other methods.
 
-Dropout: the backbone's dropout layers are built at ``p = 0`` and ``dropout.p`` is ignored (as for
-``ensemble`` without ``member_dropout``): the authors' MIMO WRN-28-10 (uncertainty-baselines
-``wide_resnet_mimo``) has no dropout; TorchUncertainty's keeps its WRN dropout (0.3) by default.
+Dropout: the backbone's dropout layers are built at ``p = 0`` unless ``method.member_dropout=true``
+(as for ``ensemble``; then they sample a fresh mask per row in training and are off at test time):
+the authors' MIMO WRN-28-10 (uncertainty-baselines ``wide_resnet_mimo``) has no dropout;
+TorchUncertainty's keeps its WRN dropout (0.3) by default.
 
 Inference protocol (``predict(model, x, "members")``): :class:`MimoNet` has ``n_members = M`` and
 ``stacked_members = True``; its forward takes ``(M*B, ...)`` rows member-major ``(m b)`` -- rows of
@@ -64,7 +65,7 @@ from torch import Tensor, nn
 
 from dropens.errors import ConfigError
 from dropens.layout import stack, unstack
-from dropens.methods.base import Method, require
+from dropens.methods.base import Method, check_member_dropout, member_dropout_spec, require
 from dropens.methods.subnets import check_k
 from dropens.models import build_model
 
@@ -224,6 +225,7 @@ class Mimo(Method):
             f"method.batch_repetition={reps!r} is not valid; choose an integer >= 1 "
             "(times every member sees each example of a batch)",
         )
+        check_member_dropout(cfg)
         _check_model(cfg)
 
     @classmethod
@@ -233,7 +235,7 @@ class Mimo(Method):
         """The backbone for ``M`` inputs and ``M * n_classes`` logits, dropout at ``p = 0``."""
         k = check_k(cfg["method"]["k"])
         _check_model(cfg)
-        dropout = {**cfg["dropout"], "p": 0.0}
+        dropout = member_dropout_spec(cfg)
         net = build_model(cfg["model"], dropout, widened_shape(input_shape, k), k * n_classes)
         return MimoNet(net, k)
 

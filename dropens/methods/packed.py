@@ -16,7 +16,8 @@ cross-entropy. Member ``k``'s gradient is ``1/M`` of the one it would get traine
 rate ``lr / M`` per member.
 
 Dropout: the backbone is built with every dropout layer at ``p = 0`` (the paper's members have no
-dropout); the ``dropout.*`` spec is ignored.
+dropout) unless ``method.member_dropout=true``: then the packed layers' units are dropped as the
+``dropout.*`` spec says (each member's units by their own draws), in training only.
 
 Inference protocol (as ``ensemble``): the backbone has ``n_members = M`` and
 ``stacked_members = True``; its forward takes ``(M*B, ...)`` rows member-major ``(m b)`` and returns
@@ -36,7 +37,6 @@ Kaiming-normal initialization.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -45,7 +45,13 @@ from torch import Tensor, nn
 
 from dropens.errors import ConfigError
 from dropens.layout import stack, unstack
-from dropens.methods.base import Method, require
+from dropens.methods.base import (
+    Method,
+    check_member_dropout,
+    member_dropout_spec,
+    require,
+    warn_coupled_clipping,
+)
 from dropens.methods.packed_layers import member_network, member_state_dict, pack
 from dropens.methods.subnets import check_k
 from dropens.models import build_model
@@ -130,18 +136,14 @@ class Packed(Method):
         check_k(method["k"])
         check_alpha(method["alpha"])
         check_gamma(method["gamma"])
+        check_member_dropout(cfg)
         model = cfg["model"].get("name")
         require(
             model != "custom",
             "method=packed converts the built-in backbones (mlp, cnn1d, cnn2d, resnet20, wrn); "
             "model.name='custom' is not supported (its forward may reshape or mix channels)",
         )
-        if cfg.get("trainer", {}).get("gradient_clip_val"):
-            warnings.warn(
-                "trainer.gradient_clip_val with method=packed clips one norm over all members: "
-                "the members are no longer trained independently",
-                stacklevel=2,
-            )
+        warn_coupled_clipping(cfg, "packed")
 
     @classmethod
     def build_backbone(
@@ -149,7 +151,7 @@ class Packed(Method):
     ) -> nn.Module:
         """The plain backbone (dropout at ``p = 0``), packed into ``method.k`` members."""
         method = cfg["method"]
-        net = build_model(cfg["model"], {**cfg["dropout"], "p": 0.0}, input_shape, n_classes)
+        net = build_model(cfg["model"], member_dropout_spec(cfg), input_shape, n_classes)
         return PackedEnsemble(
             net,
             check_k(method["k"]),
