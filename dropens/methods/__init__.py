@@ -5,6 +5,8 @@
 - ``subnets``: ``K`` fixed-mask subnetworks sharing every weight (batching ``repeat`` or
   ``partition``, objective ``member`` or ``ensemble``);
 - ``ensemble``: ``K`` independent backbones trained together, vectorized (``torch.func``);
+- ``masksembles``: ``K`` fixed binary masks per site with an overlap set by a scale ``S``
+  (Durasov et al. 2021), sharing every weight;
 - ``explicit``: no masks: the deterministic pass plus dropout's explicit regularizer at every
   dropout site (Wei, Kakade & Ma 2020).
 
@@ -19,11 +21,12 @@ from dropens.methods.base import Method
 from dropens.methods.dropout import DropoutMethod
 from dropens.methods.ensemble import Ensemble, StackedEnsemble
 from dropens.methods.explicit import Explicit
+from dropens.methods.masksembles import Masksembles
 from dropens.methods.plain import Plain
 from dropens.methods.subnets import Subnets
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit)
+    cls.name: cls for cls in (Plain, DropoutMethod, Subnets, Ensemble, Explicit, Masksembles)
 }
 
 
@@ -39,6 +42,7 @@ __all__ = [
     "DropoutMethod",
     "Ensemble",
     "Explicit",
+    "Masksembles",
     "Method",
     "Plain",
     "StackedEnsemble",
