@@ -12,7 +12,9 @@ Mask modes (``Dropout.mode``; ``None`` = follow ``self.training``):
   buffer, so it is saved in ``state_dict``). Several members run batched on the batch axis
   ``(m b)``, or one member per example (``assignment``). With an *explicit mask bank* set
   (:meth:`Dropout.set_bank`, e.g. every mask of the layer for exhaustive inference), member ``k`` is
-  row ``k`` of that bank instead of a seeded draw;
+  row ``k`` of that bank instead of a seeded draw; else, with *fixed member masks* set
+  (:meth:`Dropout.set_member_masks`, a persistent buffer saved in checkpoints, e.g. Masksembles'
+  masks), member ``k`` is row ``k`` of those;
 - ``off``: the deterministic pass (default in ``model.eval()``): identity for ``scale="inverted"``,
   multiply by ``keep`` for ``scale="none"`` (weight scaling). ``Dropout.eval_multiplier`` overrides
   that multiplier whatever ``scale`` is: ``"one"`` (identity) or ``"keep"`` (multiply by ``keep``),
@@ -24,6 +26,7 @@ Use :mod:`dropens.control` to switch every layer of a model at once.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -133,6 +136,8 @@ class Dropout(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
+        # fixed binary member masks [K, units] (set_member_masks); None: not in the state_dict
+        self.register_buffer("member_masks", None)
         self.switch = Switch()  # runtime switches (mode, members, ...): dropens.control sets them
         self.n_members: int | None = None  # set by methods with a finite family (subnets)
         self._bank_cache: dict[tuple, Tensor] = {}
@@ -242,6 +247,50 @@ class Dropout(nn.Module):
         self.switch = replace(self.switch, bank=bank)
         self._bank_cache.clear()
 
+    def set_member_masks(self, member_masks: Tensor | None) -> None:
+        """Fix the member masks of this layer: ``member_masks`` ``[K, U]`` binary (0/1 or bool),
+        every row with the same number ``m >= 1`` of ones, where ``U`` is the number of noise
+        units per example (``prod`` of :meth:`noise_unit_shape`: the features of a flat input,
+        the channels with ``structure="channel"``). ``None`` removes them (seeded masks again).
+
+        Stored as a persistent bool buffer ``member_masks`` (saved in ``state_dict``, moved by
+        ``.to()``); in ``member`` mode member ``k`` is row ``k`` (unless an explicit bank is set,
+        :meth:`set_bank`). The layer then declares the family: ``n_members = K``, and
+        ``p = 1 - m / U``, the fraction every mask drops, so that a mask ``A`` is the unit-mean
+        noise ``A / keep`` and ``scale`` applies as for any mask (``none``: ``y = A * x``; the
+        deterministic pass multiplies by ``keep = m / U``).
+
+        Raises:
+            ConfigError: one line if the masks are not ``[K, U]`` binary with equal row sums
+                ``1 <= m <= U``.
+        """
+        if member_masks is None:
+            self.member_masks = None
+            return
+        if (
+            not isinstance(member_masks, Tensor)
+            or member_masks.dim() != 2
+            or not member_masks.numel()
+        ):
+            got = tuple(member_masks.shape) if isinstance(member_masks, Tensor) else member_masks
+            raise ConfigError(
+                f"member masks of layer {self.site!r} are {got!r}; expected a tensor [K, units]"
+            )
+        binary = member_masks.bool()
+        if not torch.equal(binary.to(member_masks.dtype), member_masks):
+            raise ConfigError(f"member masks of layer {self.site!r} are not binary (0/1)")
+        ones = binary.sum(dim=1)
+        m, units = int(ones[0]), binary.shape[1]
+        if not bool((ones == m).all()) or m < 1:
+            raise ConfigError(
+                f"member masks of layer {self.site!r} have {sorted(set(ones.tolist()))} ones per "
+                "mask; every mask needs the same number m >= 1"
+            )
+        self.member_masks = binary.to(self.seed.device).clone()
+        self.n_members = len(binary)
+        self.p = 1.0 - m / units
+        self._bank_cache.clear()
+
     def extra_repr(self) -> str:
         s = f"p={self.p}, dist={self.dist}, structure={self.structure}, scale={self.scale}"
         if self.structure == "block":
@@ -250,6 +299,8 @@ class Dropout(nn.Module):
             s += f", mode={self.mode}"
         if self.eval_multiplier is not None:
             s += f", eval_multiplier={self.eval_multiplier}"
+        if self.member_masks is not None:
+            s += f", member_masks={tuple(self.member_masks.shape)}"
         return s
 
     # ------------------------------------------------------------------ member masks
@@ -259,9 +310,12 @@ class Dropout(nn.Module):
     ) -> Tensor:
         """Unit-mean noise of ``self.members``: ``[M, *noise unit shape]`` (cached per shape/device).
 
-        Rows of the explicit bank (:meth:`set_bank`) if one is set, else the seeded member masks.
+        Rows of the explicit bank (:meth:`set_bank`) if one is set, else of the fixed member
+        masks (:meth:`set_member_masks`) if set, else the seeded member masks.
         """
         explicit = self.bank is not None
+        if not explicit and self.member_masks is not None:
+            return self._fixed_rows(unit_shape, device, dtype)  # not cached: a buffer can change
         key = (
             "explicit" if explicit else int(self.seed),
             self.members,
@@ -306,6 +360,27 @@ class Dropout(nn.Module):
         else:
             rows = self.bank.index_select(0, torch.tensor(self.members, device=self.bank.device))
         return rows.to(device=device, dtype=dtype)
+
+    def _fixed_rows(
+        self, unit_shape: Sequence[int], device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
+        """``[M, *noise unit shape]``: rows ``self.members`` of the fixed masks, as ``A / keep``."""
+        assert self.member_masks is not None
+        expected = self.noise_unit_shape(unit_shape)
+        units = self.member_masks.shape[1]
+        if math.prod(expected) != units:
+            raise ConfigError(
+                f"member masks of layer {self.site!r} have {units} units, but input "
+                f"{tuple(unit_shape)} with structure={self.structure!r} has noise units {expected}"
+            )
+        if max(self.members) >= len(self.member_masks):  # n_members was changed after setting
+            raise ConfigError(
+                f"member k={max(self.members)} is outside [0, {len(self.member_masks)}) of the "
+                f"fixed member masks of layer {self.site!r}"
+            )
+        index = torch.tensor(self.members, device=self.member_masks.device)
+        rows = self.member_masks.index_select(0, index).reshape(len(self.members), *expected)
+        return rows.to(device=device, dtype=dtype) * (1.0 / self.keep)
 
     def _member_noise(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(x viewed as the stacked members, their noise)``: ``[m, b, ...]`` and ``[m, 1, *unit]``
