@@ -120,9 +120,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def uses_dropout(config: Mapping[str, Any]) -> bool:
-    """Whether the run's backbone trains with dropout (not ``plain``, not a dropout-free ensemble)."""
+    """Whether the run's dropout layers follow the ``dropout.*`` spec: not ``plain``, not a member
+    family without ``member_dropout``, not ``masksembles`` (whose scale sets its masks)."""
     method = config["method"]
-    return method["name"] != "plain" and bool(method.get("member_dropout", True))
+    owned = method["name"] in ("plain", "masksembles")
+    return not owned and bool(method.get("member_dropout", True))
 
 
 def default_run_id(config: Mapping[str, Any]) -> str:
@@ -131,6 +133,8 @@ def default_run_id(config: Mapping[str, Any]) -> str:
     parts = [method["name"]]
     if "k" in method:
         parts.append(f"k{method['k']}")
+    if "scale" in method:  # masksembles
+        parts.append(f"S{method['scale']}")
     if method.get("batching", "repeat") != "repeat":
         parts.append(method["batching"])
     if method.get("objective", "member") != "member":

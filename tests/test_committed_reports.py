@@ -18,13 +18,15 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports"
 BUDGET_MB = 30  # all studies' compact records together (README, "Studies and reports")
 # prepared for a GPU or SLURM machine and not run on the 2-core CPU of this project (README)
 NOT_RUN_HERE = {"readings_fashion_cnn_tune", "readings_fashion_cnn"}
-REPORTED = [n for n in study_names() if n not in NOT_RUN_HERE]
+# pre-registered and committed before their runs (issue 18), not run yet: no records to check
+NOT_RUN_YET = {"family_tune", "family"}
+REPORTED = [n for n in study_names() if n not in NOT_RUN_HERE | NOT_RUN_YET]
 
 
 def test_every_study_run_here_has_committed_records():
     missing = [n for n in REPORTED if not (REPORTS / n / RECORDS_FILE).exists()]
     assert not missing, f"no committed records for {missing}"
-    assert set(study_names()) >= NOT_RUN_HERE  # the list names real studies
+    assert set(study_names()) >= NOT_RUN_HERE | NOT_RUN_YET  # the lists name real studies
 
 
 def _section(text: str, name: str) -> str:
