@@ -14,7 +14,7 @@ import pytest
 from dropens.cli import main
 from dropens.errors import ConfigError
 from dropens.results import RunRecord
-from dropens.study import Study, expand, load_study_file, study_names
+from dropens.study import Study, expand, load_study_file, run_one, study_names
 
 TINY = ["smoke=true", "logger=csv"]
 
@@ -318,3 +318,31 @@ def test_kill_term_of_study_and_of_train_then_the_rerun_gives_the_uninterrupted_
     assert main(["study", *study_args, *match]) == 0
     straight = train({**config, "results_root": str(tmp_path / "straight")})
     assert record.done and record.metrics() == straight.metrics()
+
+
+def test_a_worker_stopped_by_a_signal_starts_no_queued_run(tmp_path, monkeypatch):
+    """A group SIGTERM reaches every pool worker; a worker whose run it stopped must not take the
+    next run the pool had queued for it (it would start training while the study shuts down)."""
+    from dropens.failures import Stopped
+    from dropens.launchers import local
+
+    (config,) = (
+        expand("reference", ["smoke=true", "seeds=[0]", f"results_root={tmp_path}"])
+        .select("plain-mlp-mnist1d")
+        .runs
+    )
+    calls = []
+
+    def stopped_run(cfg):
+        calls.append(cfg)
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(local, "_worker_stopped", False)
+    monkeypatch.setattr(local, "run_one", stopped_run)
+    with pytest.raises(Stopped):
+        local.run_in_worker(config)  # the signal stops the run this worker is training
+    monkeypatch.setattr(local, "run_one", run_one)  # the real one: it would train the run
+    with pytest.raises(Stopped, match="not started"):
+        local.run_in_worker(config)  # the next queued run is not started ...
+    assert len(calls) == 1
+    assert not RunRecord.for_config(config).path.exists()  # ... and nothing of it is written

@@ -130,6 +130,28 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_worker_stopped = False  # in a worker process: a stop signal ended one of its runs
+
+
+def run_in_worker(config: dict) -> str:
+    """:func:`~dropens.study.run_one` in a pool worker, which starts no further run once a stop
+    signal has ended one of its runs: a signal sent to the whole process group reaches every
+    worker, and a worker would otherwise take the next run the pool had already queued for it and
+    start training it while the study shuts down.
+
+    Raises:
+        Stopped: the run was stopped by a signal, or not started because an earlier one was.
+    """
+    global _worker_stopped
+    if _worker_stopped:
+        raise Stopped(signal.SIGTERM, "not started: the study is stopping")
+    try:
+        return run_one(config)
+    except Stopped:
+        _worker_stopped = True
+        raise
+
+
 def _launch_pool(pending: list[dict], workers: int) -> list[str]:
     """Train ``pending`` on ``workers`` spawned processes; returns the ids of the runs that failed."""
     import multiprocessing as mp
@@ -146,7 +168,7 @@ def _launch_pool(pending: list[dict], workers: int) -> list[str]:
         initargs=(os.getpid(),),
     )
     try:
-        futures = {pool.submit(run_one, c): RunRecord.for_config(c) for c in configs}
+        futures = {pool.submit(run_in_worker, c): RunRecord.for_config(c) for c in configs}
         for i, future in enumerate(as_completed(futures), 1):
             record = futures[future]
             try:
