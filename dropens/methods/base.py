@@ -193,6 +193,19 @@ class Method(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class StackedMembersMethod(Method):
+    """A method whose backbone is a stacked ensemble of ``K`` members (``n_members``,
+    ``stacked_members = True``: ``ensemble``, ``batchensemble``, ``mimo``, ``packed``). There is no
+    single deterministic network: it is validated, early-stopped and evaluated by its members."""
+
+    eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
+    selection_label: ClassVar[str] = "members"
+
+    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
+        """The ``K`` members."""
+        return {"members": ("members", None)}
+
+
 def require(cond: bool, message: str) -> None:
     """Raise a one-line ConfigError with ``message`` unless ``cond``."""
     if not cond:

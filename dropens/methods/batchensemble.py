@@ -46,7 +46,12 @@ from torch import Tensor, nn
 
 from dropens.errors import check_choice
 from dropens.layout import stack
-from dropens.methods.base import Method, check_member_dropout, member_dropout_spec, require
+from dropens.methods.base import (
+    StackedMembersMethod,
+    check_member_dropout,
+    member_dropout_spec,
+    require,
+)
 from dropens.methods.batchensemble_layers import (
     FAST_INITS,
     BatchEnsembleNet,
@@ -66,12 +71,10 @@ def _positive_number(field: str, value: Any) -> float:
     return float(value)
 
 
-class BatchEnsemble(Method):
+class BatchEnsemble(StackedMembersMethod):
     """``K`` BatchEnsemble members trained together on the tiled batch (module docstring)."""
 
     name: ClassVar[str] = "batchensemble"
-    eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
-    selection_label: ClassVar[str] = "members"
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -122,10 +125,6 @@ class BatchEnsemble(Method):
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ validation
-
-    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
-        """The ``K`` members (there is no single deterministic network)."""
-        return {"members": ("members", None)}
 
 
 __all__ = ["BatchEnsemble", "BatchEnsembleNet"]

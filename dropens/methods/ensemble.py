@@ -50,7 +50,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from dropens.errors import ConfigError
 from dropens.layout import unstack
 from dropens.methods.base import (
-    Method,
+    StackedMembersMethod,
     check_member_dropout,
     member_dropout_spec,
     warn_coupled_clipping,
@@ -201,12 +201,10 @@ def ensemble_loss(member_logits: Tensor, y: Tensor) -> Tensor:
     return per_row.reshape(k, b).mean(dim=1).sum()
 
 
-class Ensemble(Method):
+class Ensemble(StackedMembersMethod):
     """``K`` independently initialized backbones trained together, vectorized (module docstring)."""
 
     name: ClassVar[str] = "ensemble"
-    eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
-    selection_label: ClassVar[str] = "members"
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -259,7 +257,3 @@ class Ensemble(Method):
         return loss
 
     # ------------------------------------------------------------------ validation
-
-    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
-        """The ``K`` members (there is no single deterministic network)."""
-        return {"members": ("members", None)}

@@ -65,7 +65,12 @@ from torch import Tensor, nn
 
 from dropens.errors import ConfigError
 from dropens.layout import stack, unstack
-from dropens.methods.base import Method, check_member_dropout, member_dropout_spec, require
+from dropens.methods.base import (
+    StackedMembersMethod,
+    check_member_dropout,
+    member_dropout_spec,
+    require,
+)
 from dropens.methods.subnets import check_k
 from dropens.models import build_model
 
@@ -202,12 +207,10 @@ def _check_model(cfg: Mapping[str, Any]) -> None:
     )
 
 
-class Mimo(Method):
+class Mimo(StackedMembersMethod):
     """``M`` subnetworks of one multi-input multi-output backbone (see the module docstring)."""
 
     name: ClassVar[str] = "mimo"
-    eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
-    selection_label: ClassVar[str] = "members"
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -266,7 +269,3 @@ class Mimo(Method):
         return loss
 
     # ------------------------------------------------------------------ validation
-
-    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
-        """The ``M`` heads on the repeated input (there is no other single network)."""
-        return {"members": ("members", None)}

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from dropens.errors import ConfigError
 from dropens.layout import stack, unstack
 from dropens.methods.base import (
-    Method,
+    StackedMembersMethod,
     check_member_dropout,
     member_dropout_spec,
     require,
@@ -123,12 +123,10 @@ class PackedEnsemble(nn.Module):
         return f"n_members={self.n_members}, alpha={self.alpha}, gamma={self.gamma}"
 
 
-class Packed(Method):
+class Packed(StackedMembersMethod):
     """Packed-Ensembles: ``M`` members as grouped layers of one widened backbone (module docstring)."""
 
     name: ClassVar[str] = "packed"
-    eval_strategies: ClassVar[tuple[str, ...]] = ("members",)
-    selection_label: ClassVar[str] = "members"
 
     @classmethod
     def validate(cls, cfg: Mapping[str, Any]) -> None:
@@ -169,7 +167,3 @@ class Packed(Method):
         return F.cross_entropy(self.backbone(stack(x, m)), y.repeat(m))
 
     # ------------------------------------------------------------------ validation
-
-    def validation_plan(self) -> dict[str, tuple[str, int | None]]:
-        """The ``M`` members (there is no single deterministic network)."""
-        return {"members": ("members", None)}
