@@ -318,3 +318,16 @@ def test_kill_term_of_study_and_of_train_then_the_rerun_gives_the_uninterrupted_
     assert main(["study", *study_args, *match]) == 0
     straight = train({**config, "results_root": str(tmp_path / "straight")})
     assert record.done and record.metrics() == straight.metrics()
+
+
+def test_the_tiny_form_wins_over_the_grid(tmp_path, selection):
+    """family's blocks set each arm's validation interval (160, 200 steps) and evaluation size
+    (1000 images); its tiny form validates every 4 steps on 128 images, so early stopping selects
+    within the smoke trainer's 8 steps on both arms."""
+    plan = expand("family", [f"results_root={tmp_path}", "smoke=true", "seeds=[0]"])
+    assert {c["data"]["name"] for c in plan.runs} == {"mnist1d", "fashion_mnist"}
+    assert all(c["trainer"]["val_check_interval"] == 4 for c in plan.runs)
+    assert all(c["data"]["eval_limit"] == 128 and c["trainer"]["max_steps"] == 8 for c in plan.runs)
+    full = expand("family", [f"results_root={tmp_path}", "seeds=[0]"])
+    intervals = {c["data"]["name"]: c["trainer"]["val_check_interval"] for c in full.runs}
+    assert intervals == {"mnist1d": 160, "fashion_mnist": 200}
