@@ -351,8 +351,8 @@ def study_runs(results_root: str | os.PathLike, study: str) -> list[RunRecord]:
 def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
     """One row per run (a :class:`RunRecord` or a :class:`dropens.records.CompactRun`): the
     flattened config (``cfg.<path>``), metrics (their own keys), ``run_id``, ``done``, ``path``,
-    run info (``git_commit``, ``git_dirty``, ``code_commit``, ``wall_s``, ``device``, ``steps``)
-    and ``record``: the run object itself (``record.magnitudes()``, ``.occlusion()``,
+    run info (``git_commit``, ``git_dirty``, ``code_commit``, ``wall_s``, ``device``, ``steps``,
+    and the cost ``n_params``, ``train_flops_per_example``: :mod:`dropens.cost`) and ``record``: the run object itself (``record.magnitudes()``, ``.occlusion()``,
     ``.reliability(key)`` read what a figure needs beyond the scalars). A run directory marked
     ``DONE`` whose files do not read back has ``done`` false and ``damaged`` saying why."""
     from dropens.failures import DamagedFile
@@ -386,7 +386,16 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-INFO_COLUMNS = ("git_commit", "git_dirty", "code_commit", "wall_s", "device", "steps")
+INFO_COLUMNS = (
+    "git_commit",
+    "git_dirty",
+    "code_commit",
+    "wall_s",
+    "device",
+    "steps",
+    "n_params",  # dropens.cost: NaN (None) in records older than the cost fields
+    "train_flops_per_example",
+)
 
 
 def load_study(

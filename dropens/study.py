@@ -12,11 +12,12 @@ A study file states the claim, the setup, the seeds, the grid and the figures it
       - {method: subnets, method.k: [1, 2, 4]}            # conditional: k only for subnets
     smoke: [trainer=smoke]         # overrides of the tiny form (slow smoke test, SLURM test)
 
-Each run is ``compose(overrides + block values + seed + command-line overrides + study=<name>)``,
-so the command line wins and every run is an ordinary ``dropens train`` config (same run id, same
-record). :func:`expand` composes and validates every run before anything trains; the launchers
-(:mod:`dropens.launchers`) skip runs whose record is complete, so an interrupted study resumes
-where it stopped.
+Each run is ``compose(overrides + block values [+ smoke] + seed + command-line overrides +
+study=<name>)``: the tiny form (``smoke=true``) wins over the grid (a block's per-arm validation
+interval or evaluation size would otherwise undo it), the command line over everything; every
+run is an ordinary ``dropens train`` config (same run id, same record). :func:`expand` composes
+and validates every run before anything trains; the launchers (:mod:`dropens.launchers`) skip runs
+whose record is complete, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -414,13 +415,17 @@ def expand(name: str, overrides: Sequence[str] = ()) -> Plan:
     if not isinstance(smoke, bool):
         raise bad_choice("smoke", study_level["smoke"], ["true", "false"])
     launcher = launcher_config(study_level.get("launcher", "local"), launcher_overrides)
-    base = [*study.overrides, *(study.smoke if smoke else [])]
+    tiny = study.smoke if smoke else []
     runs: list[dict[str, Any]] = []
     seen: set[Path] = set()
     for point in study.blocks():
         # one composition per grid point (Hydra composes in ~0.3 s); the seeds differ only in the
         # top-level `seed` (no config interpolates it; tests/test_study.py checks the equivalence)
-        composed = to_container(compose([*base, *point, f"study={name}", *run_overrides]))
+        # the tiny form after the grid point: smoke is tiny whatever a block sets (e.g. its arm's
+        # trainer.val_check_interval, beyond the smoke trainer's 8 steps)
+        composed = to_container(
+            compose([*study.overrides, *point, *tiny, f"study={name}", *run_overrides])
+        )
         for seed in seeds:
             config = {**copy.deepcopy(composed), "seed": seed}
             validate_config(config)

@@ -346,3 +346,16 @@ def test_a_worker_stopped_by_a_signal_starts_no_queued_run(tmp_path, monkeypatch
         local.run_in_worker(config)  # the next queued run is not started ...
     assert len(calls) == 1
     assert not RunRecord.for_config(config).path.exists()  # ... and nothing of it is written
+
+
+def test_the_tiny_form_wins_over_the_grid(tmp_path, selection):
+    """family's blocks set each arm's validation interval (160, 200 steps) and evaluation size
+    (1000 images); its tiny form validates every 4 steps on 128 images, so early stopping selects
+    within the smoke trainer's 8 steps on both arms."""
+    plan = expand("family", [f"results_root={tmp_path}", "smoke=true", "seeds=[0]"])
+    assert {c["data"]["name"] for c in plan.runs} == {"mnist1d", "fashion_mnist"}
+    assert all(c["trainer"]["val_check_interval"] == 4 for c in plan.runs)
+    assert all(c["data"]["eval_limit"] == 128 and c["trainer"]["max_steps"] == 8 for c in plan.runs)
+    full = expand("family", [f"results_root={tmp_path}", "seeds=[0]"])
+    intervals = {c["data"]["name"]: c["trainer"]["val_check_interval"] for c in full.runs}
+    assert intervals == {"mnist1d": 160, "fashion_mnist": 200}

@@ -38,6 +38,7 @@ from dropens.records import (
 from dropens.reporting import (
     common,
     ensemble_view,
+    family,
     magnitude,
     mask_distributions,
     mc_samples,
@@ -64,6 +65,7 @@ BUILDERS: dict[str, Builder] = {
     "reference": reference.build,
     "readings_tune": readings_tune.build,
     "readings": readings.build,
+    "family": family.build,
 }
 
 
