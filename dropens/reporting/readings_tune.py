@@ -29,7 +29,7 @@ ARM_TITLES = {
     "mnist1d_mlp": "MNIST-1D MLP (residual)",
     "mnist1d_cnn1d": "MNIST-1D CNN",
     "fashion_mnist_mlp": "Fashion-MNIST MLP (10k train)",
-    "fashion_mnist_cnn2d": "Fashion-MNIST CNN [32, 64]",
+    "fashion_mnist_cnn2d": "Fashion-MNIST CNN",  # + its channels (arm_title)
 }
 VAL_NLL = keys.test("val", "deterministic", "nll")
 VAL_ACC = keys.test("val", "deterministic", "acc")
@@ -38,6 +38,16 @@ VAL_ACC = keys.test("val", "deterministic", "acc")
 def arm_of(run: pd.Series | dict) -> str:
     """``<data>_<model>``: the arm a run belongs to."""
     return f"{run['cfg.data.name']}_{run['cfg.model.name']}"
+
+
+def arm_title(arm: str, runs: pd.DataFrame) -> str:
+    """A readable arm name; a 2-D CNN arm also names its channels (the readings and family studies
+    tune CNNs of different widths under the same ``<data>_<model>`` arm)."""
+    title = ARM_TITLES.get(arm, arm)
+    if arm.endswith("cnn2d") and "cfg.model.channels" in runs and len(runs):
+        channels = runs["cfg.model.channels"].iloc[0]
+        title += f" {list(channels) if isinstance(channels, (list, tuple)) else channels}"
+    return title
 
 
 def selection_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -51,12 +61,14 @@ def selection_table(df: pd.DataFrame) -> pd.DataFrame:
         if group.empty:
             continue
         knob = KNOBS[method]
+        title = arm_title(arm, group)
         cells = []
         for value, runs in group.groupby(f"cfg.{knob}", sort=True):
             nll, acc = seed_stats(runs[VAL_NLL]), seed_stats(runs[VAL_ACC])
             cells.append(
                 {
                     "arm": arm,
+                    "title": title,
                     "method": method,
                     "knob": knob,
                     "value": float(value),
@@ -112,7 +124,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     for _, row in table[table["selected"]].iterrows():
         selected.setdefault(row["arm"], {})[row["method"]] = {row["knob"]: float(row["value"])}
         section.results.append(
-            f"{ARM_TITLES.get(row['arm'], row['arm'])}, {row['method']}: {row['knob']}="
+            f"{row['title']}, {row['method']}: {row['knob']}="
             f"{row['value']:g} (validation NLL {fmt_ci(row['val_nll_mean'], row['val_nll_lo'], row['val_nll_hi'], 4)}"
             f" over {int(row['seeds'])} seeds)"
             + (
@@ -121,10 +133,10 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
                 else ""
             )
         )
-    for (arm, method), group in table.groupby(["arm", "method"], sort=False):
+    for (_, method), group in table.groupby(["arm", "method"], sort=False):
         if not group["complete"].all():
             section.results.append(
-                f"{ARM_TITLES.get(arm, arm)}, {method}: tuning incomplete, nothing selected yet"
+                f"{group['title'].iloc[0]}, {method}: tuning incomplete, nothing selected yet"
             )
     (out_dir / "selected.yaml").write_text(
         "# written by `dropens report readings_tune`: the hyper-parameters experiments/readings.yaml"
@@ -160,7 +172,7 @@ def _figure(table: pd.DataFrame, out_dir: Path) -> str:
             ax.set_xticks(x, [f"{v:g}" for v in rows["value"]])
             ax.set_xlabel(rows["knob"].iloc[0], fontsize=8)
             ax.set_ylabel("validation NLL (nats)", fontsize=8)
-            ax.set_title(f"{ARM_TITLES.get(arm, arm)}\n{method}", fontsize=9)
+            ax.set_title(f"{rows['title'].iloc[0]}\n{method}", fontsize=9)
             ax.grid(alpha=0.3)
     fig.suptitle(
         "Tuning on validation data: NLL of the deterministic pass (mean and 95% CI over the tuning "
