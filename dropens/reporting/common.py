@@ -9,6 +9,7 @@ Figures are written as PNG (for the README/REPORT and W&B) and PDF (for papers) 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,3 +455,25 @@ def dot_ci(
     if seeds:
         ax.scatter(np.full(len(vals), x), vals, color="k", s=7, zorder=4)
     return s
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def prereg_commit(study: str) -> str:
+    """``"<hash> <date>"`` of the commit that first added ``experiments/<study>.yaml`` (a
+    pre-registered study's predictions), or a note that there is no git history here."""
+    line = _git(
+        "log",
+        "--diff-filter=A",
+        "--format=%h %ad",
+        "--date=short",
+        "--",
+        f"experiments/{study}.yaml",
+    )
+    return line.splitlines()[-1] if line else "unknown (no git history here)"

@@ -38,7 +38,6 @@ section's results; the verdict of an arm waits for its deciding cells.
 from __future__ import annotations
 
 import itertools
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +56,7 @@ from dropens.reporting.common import (
     ci_cell,
     fmt_ci,
     fmt_p,
+    prereg_commit,
     save_figure,
     summarize_groups,
     write_table,
@@ -495,22 +495,6 @@ def straddles(by_qid: dict[str, pd.Series], margins: dict[str, float]) -> str:
 # ------------------------------------------------------------------ tables and text
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _prereg_commit() -> str:
-    """The commit that first added experiments/family.yaml (its predictions)."""
-    line = _git(
-        "log", "--diff-filter=A", "--format=%h %ad", "--date=short", "--", "experiments/family.yaml"
-    )
-    return line.splitlines()[-1] if line else "unknown (no git history here)"
-
-
 def _paired_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
@@ -753,7 +737,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.results.append(
         f"Pre-registration: the quantities F1-F4, margins (ND ratio {margins['ratio_low']:g} / "
         f"{margins['ratio_high']:g}, NLL {margins['nll']:g} nats) and the decision rule were "
-        f"committed in {_prereg_commit()} (experiments/family.yaml; `git log -- "
+        f"committed in {prereg_commit('family')} (experiments/family.yaml; `git log -- "
         "experiments/family.yaml` lists every later change), before the first record of this "
         "study or its tuning stage (the Records line names theirs)."
     )

@@ -22,7 +22,6 @@ Per arm (data x model), paired by seed:
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from dropens.reporting.common import (
     fmt_p,
     headline_t,
     mc_sizes,
+    prereg_commit,
     save_figure,
     seed_stats,
     write_table,
@@ -267,27 +267,6 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _prereg_commit() -> str:
-    """The commit that first added experiments/readings.yaml (its predictions)."""
-    line = _git(
-        "log",
-        "--diff-filter=A",
-        "--format=%h %ad",
-        "--date=short",
-        "--",
-        "experiments/readings.yaml",
-    )
-    return line.splitlines()[-1] if line else "unknown (no git history here)"
-
-
 def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section = Section()
     plan = load_study_file("readings").predictions
@@ -298,7 +277,7 @@ def build(df: pd.DataFrame, out_dir: Path) -> Section:
     section.results.append(
         f"Pre-registration: predictions, margins (accuracy {margins['acc_same_weights']} same "
         f"weights / {margins['acc_between_methods']} between methods, NLL {margins['nll']} nats) "
-        f"and the decision rule were committed in {_prereg_commit()} (experiments/readings.yaml), "
+        f"and the decision rule were committed in {prereg_commit('readings')} (experiments/readings.yaml), "
         "before the first record of this study or its tuning stage (the Records line names "
         "theirs)."
     )
