@@ -447,7 +447,8 @@ def verdicts(df: pd.DataFrame, table: pd.DataFrame, margins: dict[str, float]) -
         else:
             verdict = "not decided"
         held = [t.words for t in DECIDING if rejected[t.letter]]
-        failed = [t.words for t in DECIDING if not rejected[t.letter]]
+        failed = [t.words for t in DECIDING if not rejected[t.letter] and t.letter not in untested]
+        not_tested = [t.words for t in DECIDING if t.letter in untested]
         out.append(
             {
                 "arm": arm,
@@ -463,6 +464,7 @@ def verdicts(df: pd.DataFrame, table: pd.DataFrame, margins: dict[str, float]) -
                 or "none",
                 "held": "; ".join(held) or "none",
                 "not shown": "; ".join(failed) or "none",
+                "not tested": "; ".join(not_tested) or "none",
                 "straddles a margin": straddles(by_qid, margins) or "none",
             }
         )
@@ -544,8 +546,12 @@ SHIFT_COLUMNS = (
 
 
 def summary_stats(seeds: pd.DataFrame) -> pd.DataFrame:
-    """:func:`dropens.reporting.common.summarize_groups` of :func:`per_seed` by (arm, cell)."""
-    return summarize_groups(seeds, ["arm", "cell"], METRICS)
+    """:func:`dropens.reporting.common.summarize_groups` of :func:`per_seed` by (arm, cell).
+
+    Parameters and FLOPs are the same for every seed of a cell: their t-interval of zero spread
+    is NaN (numpy's warning about it silenced); only their means are shown."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return summarize_groups(seeds, ["arm", "cell"], METRICS)
 
 
 def _count(mean: float) -> str:
@@ -633,7 +639,7 @@ def _verdict_lines(table: pd.DataFrame, verdict: pd.DataFrame) -> list[str]:
         lines.append(
             f"**{name}: verdict {v['verdict']}** (decision rule of experiments/family.yaml; "
             f"Holm over the five one-sided deciding tests of the arm at {ALPHA}; held: "
-            f"{v['held']}; not shown: {v['not shown']})."
+            f"{v['held']}; not shown: {v['not shown']}; not tested: {v['not tested']})."
         )
         lines.append(
             f"{name}, F1 (diversity axis): {QUANTITY_TEXT['F1 rho']} = {cell('F1 rho', 3)}; "
@@ -878,21 +884,29 @@ def _plane(summary: pd.DataFrame, arms: list[str], cells: list[Cell], out_dir: P
     return save_figure(fig, out_dir, "plane")
 
 
-def _lanes(xs: dict[str, float], width: float = 0.07) -> dict[str, float]:
-    """Each cell's x on a log axis, spread so that cells at about the same x (e.g. the
-    one-network-cost methods) do not hide each other's error bars (``width`` octaves apart)."""
+def _lanes(
+    xs: dict[str, float], width: float = 0.02, same: float = 0.005
+) -> tuple[dict[str, float], list[float]]:
+    """Each cell's x on a log axis, spread so that cells of the same cost (within ``same``, e.g.
+    the one-network-cost methods) do not hide each other's error bars (``width`` octaves apart,
+    in the order of :data:`CELLS`); and the shared costs of the groups of more than one cell."""
     out: dict[str, float] = {}
     groups: list[list[str]] = []
     for key, x in sorted(xs.items(), key=lambda kv: kv[1]):
-        if groups and x <= xs[groups[-1][0]] * 1.1:
+        if groups and x <= xs[groups[-1][0]] * (1 + same):
             groups[-1].append(key)
         else:
             groups.append([key])
+    order = {key: i for i, key in enumerate(xs)}
+    shared = []
     for group in groups:
+        group.sort(key=order.__getitem__)
         centre = float(np.exp(np.mean([np.log(xs[k]) for k in group])))
+        if len(group) > 1:
+            shared.append(centre)
         for lane, key in enumerate(group):
             out[key] = centre * 2.0 ** ((lane - (len(group) - 1) / 2) * width)
-    return out
+    return out, shared
 
 
 def _si(value: float, _pos: object = None) -> str:
@@ -904,10 +918,10 @@ def _si(value: float, _pos: object = None) -> str:
 
 
 def _log_x(ax: plt.Axes) -> None:
-    """A log x axis with ticks at 1, 2, 3, 4, 5 and 7 per decade labelled ``20k``, ``1.5M`` (no minor
+    """A log x axis with ticks at 1, 2, 3 and 5 per decade labelled ``20k``, ``1.5M`` (no minor
     ticks: the cells cover less than a decade or two)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0)))
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(_si))
     ax.xaxis.set_minor_locator(ticker.NullLocator())
 
@@ -924,9 +938,11 @@ def _cost(summary: pd.DataFrame, arms: list[str], cells: list[Cell], out_dir: Pa
             s = _stat(summary, arm, cell.key, xkey)
             if s is not None and s["mean"] > 0:
                 xs[cell.key] = s["mean"]
-        lanes = _lanes(xs)
+        lanes, shared = _lanes(xs)
         for i, (metric, ylabel) in enumerate(rows):
             ax = axes[i, j]
+            for x in shared:  # the true cost of cells drawn side by side
+                ax.axvline(x, color="0.8", lw=6, alpha=0.5, zorder=0)
             for cell in cells:
                 if cell.key not in lanes:
                     continue
@@ -939,11 +955,14 @@ def _cost(summary: pd.DataFrame, arms: list[str], cells: list[Cell], out_dir: Pa
                     y = _stat(summary, arm, cell.key, m)
                     if y is None:
                         continue
-                    x = lanes[cell.key] * (2.0 ** (0.025 * (k - (len(pairs) - 1) / 2)))
+                    x = lanes[cell.key] * (2.0 ** (0.008 * (k - (len(pairs) - 1) / 2)))
                     _point(ax, {"mean": x, "lo": np.nan, "hi": np.nan}, y, cell, filled)
                     drawn.append(cell)
             if not lanes:
                 _no_data(ax, f"no {xlabel} recorded")
+            if len(set(lanes.values())) == 1:  # one cost: a log axis needs a range around it
+                x = next(iter(lanes.values()))
+                ax.set_xlim(x / 1.5, x * 1.5)
             _log_x(ax)
             ax.set_xlabel(f"{xlabel} (log scale)")
             ax.set_ylabel(ylabel)
@@ -954,12 +973,15 @@ def _cost(summary: pd.DataFrame, arms: list[str], cells: list[Cell], out_dir: Pa
         *_drawn_handles(drawn),
         Line2D([], [], ls="none", marker="o", color="k", mfc="white", label="hollow: raw"),
         Line2D([], [], ls="none", marker="o", color="k", label="filled: temperature-scaled"),
+        Line2D(
+            [], [], color="0.8", lw=6, alpha=0.5, label="grey band: one cost, cells side by side"
+        ),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(
         "Cost map: accuracy, NLL and ECE against parameters and training FLOPs per example (mean "
-        "and 95% CI over seeds; cells at the same cost spread sideways; NLL/ECE hollow = raw, "
-        "filled = temperature-scaled)",
+        "and 95% CI over seeds; cells of the same cost side by side on a grey band; NLL/ECE "
+        "hollow = raw, filled = temperature-scaled)",
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
