@@ -209,7 +209,7 @@ def full_records() -> pd.DataFrame:
                 ("batchensemble", {"k": 4}, 0.3, 1.1e4, 8e5),
             ]
             cells += [("mimo", {"k": 4}, 0.45, 1.05e4, 8.1e5)]
-            for s in (1.5, 2.0, 3.0, 6.0):
+            for s in family.SCALES:
                 if not (arm.startswith("fashion") and s == 6.0):
                     cells.append(("masksembles", {"k": 4, "scale": s}, 0.1 * s, 1e4, 2e5))
             for method, cfg, nd, params, flops in cells:

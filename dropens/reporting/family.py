@@ -70,7 +70,7 @@ ARMS = {
 }
 K = 4  # members on every side: dropout's MC samples, masks, subnetworks, networks
 ALPHA = 0.05
-SCALES = (1.5, 2.0, 3.0, 6.0)  # the masksembles scales of experiments/family.yaml
+SCALES = (1.5, 2.0, 2.5, 6.0)  # the masksembles scales of experiments/family.yaml
 MC = keys.mc_label(K)  # mc4
 DET, MEMBERS = "deterministic", "members"
 
