@@ -132,8 +132,9 @@ class PackedLinear(_Stacking, nn.Module):
         )
 
 
-class PackedConv1d(_Stacking, nn.Conv1d):
-    """``nn.Conv1d`` with groups (the grouped convolution itself), plus ``first`` / ``last``."""
+class _PackedConv(_Stacking):
+    """A torch convolution (constructed with its ``groups``: the grouped convolution itself), plus
+    ``first`` / ``last``; mixed in before ``nn.Conv1d`` / ``nn.Conv2d``."""
 
     def __init__(self, *args, n_members: int, first: bool = False, last: bool = False, **kw):
         super().__init__(*args, **kw)
@@ -146,18 +147,12 @@ class PackedConv1d(_Stacking, nn.Conv1d):
         return super().extra_repr() + self._stacking_repr()
 
 
-class PackedConv2d(_Stacking, nn.Conv2d):
-    """``nn.Conv2d`` with groups (the grouped convolution itself), plus ``first`` / ``last``."""
+class PackedConv1d(_PackedConv, nn.Conv1d):
+    """``nn.Conv1d`` with groups, plus ``first`` / ``last`` (:class:`_PackedConv`)."""
 
-    def __init__(self, *args, n_members: int, first: bool = False, last: bool = False, **kw):
-        super().__init__(*args, **kw)
-        self.n_members, self.first, self.last = n_members, first, last
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._packed(x, super().forward)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._stacking_repr()
+class PackedConv2d(_PackedConv, nn.Conv2d):
+    """``nn.Conv2d`` with groups, plus ``first`` / ``last`` (:class:`_PackedConv`)."""
 
 
 PACKED_LAYERS = (PackedLinear, PackedConv1d, PackedConv2d)
