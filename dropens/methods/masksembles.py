@@ -65,11 +65,10 @@ from torch import Tensor, nn
 
 from dropens import control
 from dropens.batching import probe
-from dropens.errors import ConfigError, check_choice
+from dropens.errors import ConfigError
 from dropens.layers import Dropout
 from dropens.methods.base import require
-from dropens.methods.dropout import OBJECTIVES
-from dropens.methods.subnets import BATCHINGS, Subnets, check_k
+from dropens.methods.subnets import Subnets, check_batching, check_k
 from dropens.models import build_model
 
 MIN_UNITS = 10  # the reference generator refuses sites with fewer channels
@@ -259,14 +258,7 @@ class Masksembles(Subnets):
             "using every unit is the plain network)",
         )
         check_scale(method["scale"])
-        check_choice("method.batching", method["batching"], BATCHINGS)
-        check_choice("method.objective", method["objective"], OBJECTIVES)
-        require(
-            not (method["batching"] == "partition" and method["objective"] == "ensemble"),
-            "method.batching=partition with method.objective=ensemble is not valid: each example "
-            "goes through one mask, so there is no ensemble prediction to train; "
-            "use batching=repeat or objective=member",
-        )
+        check_batching(method)
 
     @classmethod
     def build_backbone(

@@ -53,6 +53,19 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_batching(method: Mapping[str, Any]) -> None:
+    """``method.batching`` and ``method.objective`` of a fixed-mask method (``subnets``,
+    ``masksembles``): valid choices, and not ``partition`` with ``ensemble`` (one-line errors)."""
+    check_choice("method.batching", method["batching"], BATCHINGS)
+    check_choice("method.objective", method["objective"], OBJECTIVES)
+    require(
+        not (method["batching"] == "partition" and method["objective"] == "ensemble"),
+        "method.batching=partition with method.objective=ensemble is not valid: each example "
+        "goes through one member, so there is no ensemble prediction to train; "
+        "use batching=repeat or objective=member",
+    )
+
+
 def partition_assignment(batch_size: int, k: int, step: int, device=None) -> Tensor:
     """``[B]`` member index of every example of step ``step``: ``(arange(B) + step) mod k``."""
     return (torch.arange(batch_size, device=device) + int(step)) % k
@@ -81,14 +94,7 @@ class Subnets(Method):
     def validate(cls, cfg: Mapping[str, Any]) -> None:
         method = cfg["method"]
         check_k(method["k"])
-        check_choice("method.batching", method["batching"], BATCHINGS)
-        check_choice("method.objective", method["objective"], OBJECTIVES)
-        require(
-            not (method["batching"] == "partition" and method["objective"] == "ensemble"),
-            "method.batching=partition with method.objective=ensemble is not valid: each example "
-            "goes through one member, so there is no ensemble prediction to train; "
-            "use batching=repeat or objective=member",
-        )
+        check_batching(method)
         require(
             float(cfg["dropout"]["p"]) != 0,
             "dropout.p=0 with method=subnets gives K identical copies of the plain network "
