@@ -25,7 +25,9 @@ from dropens.metrics._common import check_weights, weighted_sum
 from dropens.metrics.summary import aggregate as aggregate_probs
 
 CPU_WORKING_SET_MB = 8  # why: about one core's L2 + share of L3, per thread; see cpu_max_rows
-CPU_MIN_ROWS = 256  # why: below this the ~10 module calls per forward start to show
+# why: rows per forward and torch thread; below this the ~10 module calls per forward, and with
+# 2+ threads each op's thread synchronization, start to show (see cpu_max_rows)
+CPU_MIN_ROWS = 256
 
 
 @dataclass
@@ -126,17 +128,23 @@ def chunk_sizes(
 
 def cpu_max_rows(row_bytes: int, threads: int | None = None) -> int:
     """Rows per forward on a CPU: a working set of about :data:`CPU_WORKING_SET_MB` per torch
-    thread (cache-sized), but at least :data:`CPU_MIN_ROWS` rows so that per-forward overhead
-    stays amortized.
+    thread (cache-sized), but at least :data:`CPU_MIN_ROWS` rows **per thread** so that
+    per-forward overhead stays amortized. An input of at most that many stacked rows (``M x N``)
+    therefore runs in one forward, when it fits the memory budget (:func:`chunk_sizes`).
 
     Why: one forward over ``T x 1000`` rows streams every activation through main memory; chunks
     whose activations stay in cache are faster (benchmarks/bench_mc.py, MNIST-1D MLP, T = 32, one
-    thread on 2 AMD EPYC cores: ~1.5k rows per forward took 0.5x the time of 32k rows).
-    GPUs get no such cap.
+    thread on 2 AMD EPYC cores: ~1.5k rows per forward took 0.5x the time of 32k rows). The floor
+    grows with the threads because every op of a forward synchronizes them: with 2 threads and
+    another process on one core, each op waits for the descheduled thread, so the cost is per
+    forward, not per row (benchmarks/bench_peer.py's CNN, N = 100, T = 32, 2 threads, time /
+    TorchUncertainty's one 3200-row pass: 256 / 512 / 1024-row chunks 1.51x / 1.32x / 1.22x in a
+    contended run, 0.71x / 0.84x / 0.98x in a calmer one; 1 thread: 256 rows 0.43x). The
+    per-thread floor is the compromise. GPUs get no such cap.
     """
-    threads = torch.get_num_threads() if threads is None else threads
-    working_set = int(CPU_WORKING_SET_MB * max(1, threads) * 2**20)
-    return max(CPU_MIN_ROWS, working_set // max(1, row_bytes))
+    threads = max(1, torch.get_num_threads() if threads is None else threads)
+    working_set = int(CPU_WORKING_SET_MB * threads * 2**20)
+    return max(CPU_MIN_ROWS * threads, working_set // max(1, row_bytes))
 
 
 def row_bytes(model: nn.Module, x1: Tensor, n: int = 1) -> int:

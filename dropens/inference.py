@@ -662,7 +662,8 @@ def predict(
         memory_budget_mb: working memory of one stacked forward (activations of all its rows,
             estimated by :func:`row_bytes`); chunks over members and examples are sized to it
             (:func:`chunk_sizes`). On a CPU, chunks are also capped to a cache-sized working set
-            (:func:`cpu_max_rows`), which is faster than one huge forward.
+            (:func:`cpu_max_rows`), which is faster than one huge forward, but never below
+            ``CPU_MIN_ROWS`` (256) rows per torch thread: a small input is one forward.
         max_members: ``exhaustive`` only: refuse more than this many masks.
         keep_logprobs: also keep ``member_logprobs`` (default: for ``aggregate="geometric"`` and
             the strategies that need them).

@@ -35,6 +35,7 @@ from dropens.inference import (
     cpu_max_rows,
     mask_family,
     predict,
+    row_bytes,
 )
 from dropens.layers import Dropout
 from dropens.metrics.summary import aggregate
@@ -348,11 +349,51 @@ def test_chunk_sizes_split_examples_first_then_members():
     assert chunk_sizes(8, 1000, row, TINY_BUDGET, fixed_members=True) == (8, 1)
     assert chunk_sizes(32, 1000, row, 1, max_rows=100) == (32, 3)  # the tighter of the two
     assert cpu_max_rows(1024, threads=2) == 16 * 2**20 // 1024
-    assert cpu_max_rows(2**20, threads=1) == 256  # at least CPU_MIN_ROWS
+    assert cpu_max_rows(2**20, threads=1) == 256  # at least CPU_MIN_ROWS per thread
+    assert cpu_max_rows(2**20, threads=2) == 512
     for m, n, budget in itertools.product((1, 7, 5000), (1, 30, 999), (TINY_BUDGET, 0.1, 3)):
         mc, bc = chunk_sizes(m, n, row, budget)
         assert 1 <= mc <= m and 1 <= bc <= n
         assert mc * bc <= max(1, int(budget * 2**20) // row)
+
+
+def wide_mlp() -> nn.Sequential:
+    """Rows of ~0.5 MB (the cache-sized working set alone would give ~16 rows per forward);
+    small-integer float64 weights and inputs, so any chunking computes the same exact logits."""
+    model = nn.Sequential(nn.Linear(6, 10000), nn.ReLU(), Dropout(0.5), nn.Linear(10000, 3))
+    g = torch.Generator().manual_seed(3)
+    for t in model.parameters():
+        t.data = torch.randint(-3, 4, t.shape, generator=g).double()
+    return model.eval()
+
+
+@torch.no_grad()
+def test_small_input_is_one_forward_and_equals_the_chunked():
+    """Below ``CPU_MIN_ROWS`` rows per thread (and within the memory budget) the whole ``M x N``
+    input is one forward: MC gives the very masks of an unlimited chunk; deterministic members
+    equal any chunking bit for bit."""
+    model = wide_mlp()
+    x = torch.randint(-2, 3, (12, 6), generator=torch.Generator().manual_seed(0)).double()
+    row = row_bytes(model, x[:1])
+    assert cpu_max_rows(row, threads=1) == 256 and cpu_max_rows(row, threads=2) == 512
+    assert chunk_sizes(32, 12, row, 256, max_rows=cpu_max_rows(row, threads=2)) == (32, 12)
+    assert chunk_sizes(32, 12, row, 256, max_rows=cpu_max_rows(row, threads=1)) == (32, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        default = predict(model, x, "mc", samples=32)  # 384 rows: one forward with 2 threads
+        torch.manual_seed(0)
+        whole = predict(model, x, "mc", samples=32, memory_budget_mb=1e6, max_rows=10**9)
+        assert torch.equal(default.member_probs, whole.member_probs)
+        control.set_n_members(model, 32)
+        one = predict(model, x, "members")
+        for max_rows in (5, 100):
+            assert torch.equal(
+                predict(model, x, "members", max_rows=max_rows).member_probs, one.member_probs
+            )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_predict_restores_the_model_state():
