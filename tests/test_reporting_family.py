@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dropens import keys
-from dropens.reporting import BUILDERS, family
+from dropens.reporting import BUILDERS, family, family_cells
 from dropens.study import load_study_file
 
 SEEDS = range(5)  # the study's seeds: 5 pairs, 4 degrees of freedom
@@ -209,7 +209,7 @@ def full_records() -> pd.DataFrame:
                 ("batchensemble", {"k": 4}, 0.3, 1.1e4, 8e5),
             ]
             cells += [("mimo", {"k": 4}, 0.45, 1.05e4, 8.1e5)]
-            for s in family.SCALES:
+            for s in family_cells.SCALES:
                 if not (arm.startswith("fashion") and s == 6.0):
                     cells.append(("masksembles", {"k": 4, "scale": s}, 0.1 * s, 1e4, 2e5))
             for method, cfg, nd, params, flops in cells:
