@@ -278,6 +278,19 @@ def test_bernoulli_values(p):
     assert set(noise.unique().tolist()) == {0.0, (1 / keep).item()}
 
 
+@pytest.mark.parametrize("p", (0.05, *PS))
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+def test_bernoulli_in_place_draw_is_the_reference_expression(p, dtype):
+    """The sampler works in place on its uniform draw; its values (and so every stored run that
+    used the out-of-place form ``(u < keep).to(dtype) / keep``) are bit for bit the same."""
+    shape = (64, 3, 5, 7)
+    u = torch.rand(shape, generator=gen(11), dtype=masks._draw_dtype(dtype))
+    reference = (u < 1.0 - p).to(dtype) / (1.0 - p)
+    noise = masks.sample_noise(shape, p, generator=gen(11), dtype=dtype)
+    assert noise.dtype == dtype
+    assert torch.equal(noise, reference)
+
+
 @pytest.mark.parametrize("p", PS)
 @pytest.mark.parametrize("dist", ("gaussian", "uniform"))
 def test_continuous_noise_law_kolmogorov_smirnov(dist, p):
@@ -430,3 +443,16 @@ def test_block_max_equals_one_square_max_pool(dims, block):
     seeds = (torch.rand(2, 3, *([9 + block - 1] * dims), generator=g) < 0.1).float()
     expected = _MAX_POOL[dims](seeds, kernel_size=block, stride=1)
     assert torch.equal(block_max(seeds, block), expected)
+
+
+@pytest.mark.parametrize("share", (False, True))
+def test_block_in_place_seed_draw_is_the_reference_expression(share):
+    """The DropBlock seeds are drawn in place; the keep-mask equals the out-of-place form."""
+    shape, b, p = (16, 3, 9, 9), 3, 0.3
+    gamma = masks.block_seed_rate((9, 9), b, p)
+    u = torch.rand((16, 1 if share else 3, 11, 11), generator=gen(12))
+    reference = 1.0 - masks.block_max((u < gamma).to(torch.float32), b)
+    keep_mask = masks.block_keep_mask(
+        shape, p, b, share, gen(12), torch.device("cpu"), torch.float32
+    )
+    assert torch.equal(keep_mask, reference)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from dropens.models.base import Backbone, positive_int, register_model, shape_error
+from dropens.models.pooling import MaxPool2x2
 
 
 def conv_out(length: int, kernel: int, stride: int, padding: int) -> int:
@@ -135,7 +136,7 @@ class CNN2d(Backbone):
                 if batchnorm:
                     layers.append(nn.BatchNorm2d(out_ch))
                 layers += [nn.ReLU(), self.site("conv", (out_ch, h, w))]
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2x2())
             in_ch, h, w = out_ch, h // 2, w // 2
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Sequential(
