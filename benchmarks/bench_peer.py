@@ -8,10 +8,13 @@ depend on them), N examples, T = 32 masks, in eval mode (MC dropout).
   on_batch=True)``: one forward of the input repeated ``(m b)``, ``T x N`` rows, then softmax;
 - ``dropens``: a deep copy of the same model converted (``dropens.convert``), then
   ``dropens.inference.predict(model, x, "mc", T)`` with its defaults (chunks over members x
-  examples sized to a 256 MB budget and, on a CPU, a cache-sized working set).
+  examples sized to a 256 MB budget and, on a CPU, a cache-sized working set), which stacks the
+  members at the first dropout layer (the first conv runs once per example:
+  ``dropens.batching.shared_prefix``); ``unshared``: the same with ``share_prefix=False``
+  (stacked at the input, as TorchUncertainty).
 
 Both give ``[T, N, C]`` probabilities. Printed per (threads, N): the median wall and process-CPU
-times and the ratio ``dropens / TorchUncertainty`` (> 1: dropens slower). TorchUncertainty is an
+times and the ratios ``dropens / TorchUncertainty`` (> 1: dropens slower), shared and unshared. TorchUncertainty is an
 optional import: without it the script prints one line and exits 0.
 Run: ``.venv/bin/python benchmarks/bench_peer.py [--sizes 10 100 1000] [--threads 1 2]``.
 """
@@ -81,13 +84,13 @@ def main() -> None:
             logits = theirs(x)
         return logits.softmax(-1).reshape(t, len(x), -1)
 
-    def de(x: torch.Tensor) -> torch.Tensor:
-        return predict(ours, x, "mc", samples=t).member_probs
+    def de(x: torch.Tensor, share: bool = True) -> torch.Tensor:
+        return predict(ours, x, "mc", samples=t, share_prefix=share).member_probs
 
     print(header("MC dropout T=32: dropens vs TorchUncertainty mc_dropout (same weights)", args))
     print(
         f"{'threads':>7s} {'N':>6s} {'chunk (m x b)':>14s} {'TU ms':>9s} {'dropens ms':>11s} "
-        f"{'ratio wall':>11s} {'ratio cpu':>10s}"
+        f"{'ratio wall':>11s} {'ratio cpu':>10s} {'unshared ms':>12s} {'ratio wall':>11s}"
     )
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -96,15 +99,20 @@ def main() -> None:
             row = row_bytes(ours, x[:1])
             m_c, b_c = chunk_sizes(t, n, row, 256, max_rows=cpu_max_rows(row))
             times = interleaved(
-                {"tu": lambda x=x: tu(x), "dropens": lambda x=x: de(x)},
+                {
+                    "tu": lambda x=x: tu(x),
+                    "dropens": lambda x=x: de(x),
+                    "unshared": lambda x=x: de(x, share=False),
+                },
                 args.repeats,
                 args.warmup,
             )
-            a, b = times["tu"], times["dropens"]
+            a, b, u = times["tu"], times["dropens"], times["unshared"]
             print(
                 f"{threads:7d} {n:6d} {f'{m_c} x {b_c}':>14s} {a.median * 1e3:9.1f} "
                 f"{b.median * 1e3:11.1f} {b.median / a.median:10.2f}x "
-                f"{b.cpu_median / a.cpu_median:9.2f}x"
+                f"{b.cpu_median / a.cpu_median:9.2f}x {u.median * 1e3:12.1f} "
+                f"{u.median / a.median:10.2f}x"
             )
 
 

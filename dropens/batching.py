@@ -5,12 +5,18 @@ the batch axis as ``(m b)``, in chunks over *both* members and examples sized to
 (:func:`chunk_sizes`, :func:`row_bytes`; on a CPU also a cache-sized working set,
 :func:`cpu_max_rows`) -- never as a Python loop over single passes -- and returns their
 log-probabilities ``[M, N, C]``; :class:`Predictions` holds them with their aggregate.
+
+Members differ only from the first dropout layer on: what runs before it is the same for every
+member. :func:`shared_prefix` finds that layer, and :func:`run_members` then runs the prefix once
+on the ``b`` examples and stacks the ``(m b)`` rows at that layer's input (a forward pre-hook)
+instead of at the model's input. With dropout only in a classifier head (``last-layer MC
+dropout``, most torchvision models) the backbone runs once instead of ``T`` times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -183,6 +189,68 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def stacked_at(layer: nn.Module | None, m: int) -> Iterator[None]:
+    """Within the block, ``layer``'s input ``[b, ...]`` becomes the ``(m b)`` stack ``[m * b, ...]``
+    (a forward pre-hook); ``None``: nothing changes."""
+    if layer is None:
+        yield
+        return
+    handle = layer.register_forward_pre_hook(lambda _, args: (stack(args[0], m), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def shared_prefix(model: nn.Module, x: Tensor, members: Members) -> Dropout | None:
+    """The dropout layer before which every member computes the same thing, when sharing that
+    prefix is exact on this model; ``None`` otherwise (then members are stacked at the input).
+
+    The layer is the first dropout layer with ``p > 0`` a forward of the members runs (it must run
+    once per forward: a reused layer is not a split point). Sharing assumes the prefix is
+    deterministic and row-wise (no example sees another, no batch size is kept and used after the
+    split); that is checked, not assumed: two examples x two members run both ways from the same
+    RNG state and must agree (to float rounding) or the model is run unshared. The probes run in
+    a forked RNG, so the members' masks are the ones an unshared run draws. ``M = 1`` and stacked
+    ensembles (``fixed``) are never split.
+    """
+    if members.fixed or members.n < 2:
+        return None
+    layers = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0]
+    order: list[Dropout] = []
+    handles = [
+        layer.register_forward_pre_hook(lambda mod, _: order.append(mod)) for layer in layers
+    ]
+    xs, m = x[:2].to(device_of(model)), 2
+    devices = [xs.device] if xs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), members.enter(0, m):
+        state = torch.random.get_rng_state()
+        cuda = torch.cuda.get_rng_state(xs.device) if devices else None
+        try:
+            reference = model(stack(xs, m))
+        finally:
+            for h in handles:
+                h.remove()
+        if not order or order.count(order[0]) > 1 or not isinstance(reference, Tensor):
+            return None
+        first = order[0]
+        torch.random.set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, xs.device)
+        try:
+            with stacked_at(first, m):
+                shared = model(xs)
+        except Exception:  # a prefix that is not row-wise (e.g. a kept batch size): run unshared
+            return None
+    if not isinstance(shared, Tensor) or shared.shape != reference.shape:
+        return None
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    if not torch.allclose(shared, reference, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+        return None
+    return first
+
+
 @torch.no_grad()
 def run_members(
     model: nn.Module,
@@ -190,12 +258,14 @@ def run_members(
     members: Members,
     memory_budget_mb: float = 256,
     max_rows: int | None = None,
+    share_prefix: bool = True,
 ) -> Tensor:
     """``[M, N, C]`` float32 CPU log-probabilities of ``members`` on inputs ``x [N, *input_shape]``.
 
     The model runs as it is (its train/eval state is the caller's), in chunks of
     :func:`chunk_sizes` members x examples; ``max_rows=None`` caps a CPU forward to a cache-sized
-    working set (:func:`cpu_max_rows`).
+    working set (:func:`cpu_max_rows`). ``share_prefix``: run what precedes the first dropout layer
+    once per example, not once per member (:func:`shared_prefix`; module docstring).
     """
     device = device_of(model)
     m, n = members.n, len(x)
@@ -203,13 +273,14 @@ def run_members(
     if max_rows is None and device.type == "cpu":
         max_rows = cpu_max_rows(row)
     m_chunk, b_chunk = chunk_sizes(m, n, row, memory_budget_mb, members.fixed, max_rows)
+    split = shared_prefix(model, x, members) if share_prefix else None
     out: Tensor | None = None
     for j0 in range(0, m, m_chunk):
         j1 = min(j0 + m_chunk, m)
         with members.enter(j0, j1):
             for n0 in range(0, n, b_chunk):
                 n1 = min(n0 + b_chunk, n)
-                logp = _stacked_logprobs(model, x[n0:n1].to(device), j1 - j0)
+                logp = _stacked_logprobs(model, x[n0:n1].to(device), j1 - j0, split)
                 if out is None:
                     out = torch.empty(m, n, logp.shape[-1], dtype=torch.float32)
                 out[j0:j1, n0:n1] = logp
@@ -218,12 +289,14 @@ def run_members(
     return out
 
 
-def _stacked_logprobs(model: nn.Module, xb: Tensor, m: int) -> Tensor:
-    """``[m, b, C]`` float32 CPU log-probabilities of ``m`` stacked passes over the chunk ``xb``.
+def _stacked_logprobs(model: nn.Module, xb: Tensor, m: int, split: nn.Module | None) -> Tensor:
+    """``[m, b, C]`` float32 CPU log-probabilities of ``m`` stacked passes over the chunk ``xb``,
+    stacked at the input or, with a ``split`` layer, at that layer's input.
 
     ``log_softmax`` runs in float32, or float64 for a float64 model, before the float32 copy.
     """
-    logits = model(stack(xb, m))
+    with stacked_at(split, m):
+        logits = model(xb if split is not None else stack(xb, m))
     if logits.dim() != 2 or logits.shape[0] != m * len(xb):
         raise ConfigError(
             f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for "

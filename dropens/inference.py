@@ -229,6 +229,8 @@ class EvalContext:
             (``eval.mc_samples``; default ``samples``).
         n_bins: calibration bins of the recorded metrics.
         memory_budget_mb, max_rows: chunking of the batched forwards (:func:`run_members`).
+        share_prefix: run what precedes the first dropout layer once per example rather than
+            once per member (:func:`dropens.batching.shared_prefix`; checked on the model).
         max_members: ``exhaustive``: refuse more masks than this.
         train_x, train_batch_size: ``bn_recomputed``: the training inputs and rows per forward.
         seed: ``single``: its mask is drawn from this seed in a forked RNG (reproducible, and the
@@ -242,6 +244,7 @@ class EvalContext:
     n_bins: int = 15
     memory_budget_mb: float = 256
     max_rows: int | None = None
+    share_prefix: bool = True
     max_members: int = DEFAULT_MAX_MEMBERS
     train_x: Tensor | None = field(default=None, repr=False)
     train_batch_size: int = BN_BATCH_SIZE
@@ -579,7 +582,7 @@ def run(
     with control.preserved(model), torch.no_grad():
         model.eval()
         members = strategy.members(model, x, ctx)
-        out = run_members(model, x, members, ctx.memory_budget_mb, ctx.max_rows)
+        out = run_members(model, x, members, ctx.memory_budget_mb, ctx.max_rows, ctx.share_prefix)
     if keep_logprobs:
         return Predictions(out.exp(), aggregate, strategy.name, members.weights, out)
     return Predictions(out.exp_(), aggregate, strategy.name, members.weights)
@@ -670,7 +673,7 @@ def predict(
         max_rows: at most this many stacked rows per forward (within the memory budget);
             ``None``: a cache-sized working set on a CPU (:func:`cpu_max_rows`), no cap on a GPU.
         **options: further :class:`EvalContext` fields (``train_x`` for ``bn_recomputed``,
-            ``seed`` for ``single``).
+            ``seed`` for ``single``, ``share_prefix=False`` to stack members at the input).
 
     Raises:
         ConfigError (one line): unknown strategy/aggregate, no inputs, ``mc`` with samples < 1, a

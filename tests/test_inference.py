@@ -548,3 +548,127 @@ def test_bad_weights_raise_one_line_config_errors(weights, fragment):
     with pytest.raises(ConfigError) as error:
         aggregate(probs, "mean", weights)
     assert_one_line(error, fragment)
+
+
+# ----------------------------------------------------------------------------- shared prefix
+
+
+class RowCounter(nn.Module):
+    """Identity that counts the rows it sees (the prefix's cost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return x
+
+
+def prefix_cnn() -> nn.Sequential:
+    """A conv prefix (counted) before the first dropout layer; a second dropout in the head."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        RowCounter(),
+        nn.ReLU(),
+        Dropout(0.3, structure="channel", seed=1),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 8),
+        nn.ReLU(),
+        Dropout(0.5, seed=2),
+        nn.Linear(8, 3),
+    ).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("strategy", ("mc", "members", "exhaustive"))
+def test_shared_prefix_runs_once_per_example_and_equals_the_unshared_run(strategy):
+    """Members stacked at the first dropout layer: the prefix sees N rows, not M x N, and every
+    member's probabilities (and the RNG stream after the call) are those of the unshared run."""
+    model = prefix_cnn()
+    if strategy == "members":
+        control.set_n_members(model, 4)
+    if strategy == "exhaustive":  # a small mask family: 4 channels x 8 hidden units = 2^12 masks
+        model[8].p = 0.0
+    x = torch.randn(9, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    results, states, rows = {}, {}, {}
+    for share in (True, False):
+        model[1].rows = 0
+        torch.manual_seed(5)
+        results[share] = predict(model, x, strategy, samples=6, max_rows=20, share_prefix=share)
+        states[share] = torch.random.get_rng_state()
+        rows[share] = model[1].rows
+    probes = rows[False] - results[False].n_members * len(x)  # one-example probes (row_bytes, ...)
+    check = 2 * 2 + 2  # shared_prefix's check: 2 examples x 2 members stacked, then shared
+    assert rows[True] == len(x) + probes + check, (rows, probes)
+    assert torch.equal(results[True].member_probs, results[False].member_probs)
+    assert torch.equal(states[True], states[False])
+
+
+class KeepsBatchSize(nn.Module):
+    """Reads the batch size before the dropout layer and reshapes with it after: not row-wise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(5, 6), Dropout(0.5), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        return self.b(self.drop(torch.relu(self.a(x))).view(n, -1))
+
+
+class AddsBatchSize(nn.Module):
+    """The batch size enters the values of the prefix: sharing would change the numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(5, 6), Dropout(0.5), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.drop(torch.relu(self.a(x) + x.shape[0])))
+
+
+class ReusedDropout(nn.Module):
+    """One dropout module called twice per forward: no single split point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(5, 6), Dropout(0.5), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.drop(torch.relu(self.drop(self.a(x)))))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("build", (KeepsBatchSize, AddsBatchSize, ReusedDropout))
+def test_prefix_that_is_not_shareable_runs_unshared(build):
+    from dropens.batching import Members, shared_prefix
+
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(7, 5)
+    assert shared_prefix(model, x, Members(8, lambda j0, j1: control.mc(model))) is None
+    torch.manual_seed(1)
+    shared = predict(model, x, "mc", samples=8)
+    torch.manual_seed(1)
+    assert torch.equal(
+        shared.member_probs, predict(model, x, "mc", 8, share_prefix=False).member_probs
+    )
+
+
+def test_cnn2d_mc_is_bit_identical_with_the_shared_prefix():
+    """The backbone the studies use: sharing conv1 changes no bit of the MC members."""
+    from dropens.models import build_model
+
+    spec = {"p": 0.1, "dist": "bernoulli", "structure": "element", "scale": "inverted"}
+    arch = {"name": "cnn2d", "channels": [8, 16], "hidden": 32, "dropout_sites": ["conv", "hidden"]}
+    torch.manual_seed(0)
+    model = build_model(arch, spec, (1, 28, 28), 10).eval()
+    x = torch.randn(20, 1, 28, 28)
+    out = {}
+    for share in (True, False):
+        torch.manual_seed(2)
+        out[share] = predict(model, x, "mc", samples=8, share_prefix=share).member_probs
+    assert torch.equal(out[True], out[False])
