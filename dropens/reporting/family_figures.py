@@ -235,17 +235,20 @@ def scale_path_figure(
     drawn: list[Cell] = []
     for ax, arm in zip(axes[0], arms):
         path = []
-        for cell in masks:
+        for i, cell in enumerate(masks):
             x, y = _stat(summary, arm, cell.key, "nd"), _stat(summary, arm, cell.key, "nll_ts")
             if x is None or y is None:
                 continue
             path.append((x["mean"], y["mean"]))
             _point(ax, x, y, cell)
+            left = i % 2 == 0  # neighbouring scales on opposite sides: close points stay readable
             ax.annotate(
                 f"S={cell.scale:g}",
                 (x["mean"], y["mean"]),
-                xytext=(6, 6),
+                xytext=(-8, -4) if left else (8, 4),
                 textcoords="offset points",
+                ha="right" if left else "left",
+                va="top" if left else "bottom",
                 fontsize=8,
             )
             drawn.append(cell)

@@ -48,3 +48,17 @@ def test_cnn2d_pools_with_it_and_matches_native_pools():
         for p in pools:
             p.forward = lambda t: F.max_pool2d(t, 2)
         assert torch.equal(ours, model(x))
+
+
+def test_vmapped_training_uses_the_native_gradient():
+    """Vectorized ensembles train through ``torch.vmap`` with autograd (``methods.ensemble``), where
+    a batched tensor's ``requires_grad`` reads False: the gradient must still be the native one."""
+    x = torch.relu(torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)))
+    x[0, 0, :2, :2] = 0.5  # a window of four equal positive values: a tie at the maximum
+    grad = torch.randn(2, 3, 3, 3)
+    grads = []
+    for pool in (max_pool2x2, lambda t: F.max_pool2d(t, 2)):
+        leaf = x.clone().requires_grad_(True)
+        (torch.vmap(pool)(leaf) * grad).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
