@@ -40,6 +40,18 @@ class Timing:
         return statistics.median(self.cpu)
 
 
+def bench_args(doc: str, repeats: int, warmup: int) -> argparse.Namespace:
+    """The options every timing script takes (``--threads``, ``--repeats``, ``--warmup``), parsed;
+    torch's CPU threads set to ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu_threads)")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """``(wall seconds, process CPU seconds)`` of one call of ``fn``."""
     wall, cpu = time.perf_counter(), time.process_time()

@@ -8,11 +8,9 @@ CNN (batch 128, 8 and 16 channels at 28x28 and 14x14) with block widths 3 and 7.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from _common import header, interleaved, table
+from _common import bench_args, header, interleaved, table
 
 
 def separable(seeds: torch.Tensor, b: int) -> torch.Tensor:
@@ -22,12 +20,7 @@ def separable(seeds: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__, repeats=20, warmup=3)
     print(header("DropBlock keep-mask: b x b max-pool vs separable per-axis pools", args))
     g = torch.Generator().manual_seed(0)
     for channels, side, b in ((8, 28, 3), (8, 28, 7), (16, 14, 3), (16, 14, 7)):

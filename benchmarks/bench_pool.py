@@ -11,11 +11,9 @@ Run: ``.venv/bin/python benchmarks/bench_pool.py [--threads 1] [--repeats 9]``.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
-from _common import header, interleaved, table
+from _common import bench_args, header, interleaved, table
 
 from dropens.inference import predict
 from dropens.models import build_model
@@ -38,12 +36,7 @@ def with_native_pools(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu_threads)")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = bench_args(__doc__, repeats=9, warmup=2)
     torch.manual_seed(0)
     print(header("bench_pool: 2x2 max-pooling, nn.MaxPool2d(2) vs dropens max_pool2x2", args))
     for b in (128, 512):

@@ -6,8 +6,8 @@ over the four strided views ``x[..., i::2, j::2]``, which vectorize. Maxima are 
 outputs are bit for bit those of ``F.max_pool2d(x, 2)`` (odd sizes floor, as there; NaN
 propagates, as there). Inference (MC dropout's ``T x N`` stacked rows) is where pooling costs:
 ``benchmarks/bench_pool.py`` measured 8x on the pooling and 1.28x on MC inference of the family
-study's Fashion-MNIST CNN. With gradients enabled (training, including ``torch.func.grad``, where
-a wrapped tensor's ``requires_grad`` reads False) the native kernel runs: its backward sends each
+study's Fashion-MNIST CNN. With gradients enabled (training, including inside ``torch.vmap``,
+where a batched tensor's ``requires_grad`` reads False) the native kernel runs: its backward sends each
 window's gradient to its first maximum, where ``torch.maximum`` would split it over ties (ReLU
 zeros tie often), which would change training. A hand-written first-maximum backward was not faster.
 """
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 def max_pool2x2(x: Tensor) -> Tensor:
     """``F.max_pool2d(x, 2)`` for ``x (N, C, H, W)`` or ``(C, H, W)``: ``(..., H // 2, W // 2)``."""
-    if torch.is_grad_enabled():  # not x.requires_grad: under torch.func.grad it reads False
+    if torch.is_grad_enabled():  # not x.requires_grad: inside torch.vmap it reads False
         return F.max_pool2d(x, 2)
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     x = x[..., :h, :w]
