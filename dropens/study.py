@@ -492,6 +492,11 @@ def results_dir(plan: Plan) -> Path:
     return Path(plan.runs[0]["results_root"]) / plan.name if plan.runs else Path()
 
 
+def committed_records(plan: Plan) -> Path:
+    """``reports/<study>/records.jsonl``: the study's committed compact records (may not exist)."""
+    return _reports_of(plan.study.name) / plan.name / "records.jsonl"
+
+
 STUDY_LOG = "study_log.jsonl"
 
 

@@ -145,9 +145,10 @@ def test_killed_study_resumes_training_only_missing_runs(tmp_path):
     assert len(trained) == len(records) - len(done_before)
 
 
-def test_local_launcher_workers_train_every_run(tmp_path):
+def test_local_launcher_workers_train_every_run(tmp_path, capsys):
     overrides = [*TINY, "seeds=[0]", f"results_root={tmp_path}", "launcher.workers=2"]
     assert main(["study", "quickstart", *overrides]) == 0
+    assert "order: plan order (no earlier wall time" in capsys.readouterr().out
     plan = expand("quickstart", overrides)
     assert all(r.done for r in plan.records())
     # same run ids as a sequential launch: the worker count is placement, not identity
@@ -156,6 +157,14 @@ def test_local_launcher_workers_train_every_run(tmp_path):
         for r in expand("quickstart", [*TINY, "seeds=[0]", f"results_root={tmp_path}"]).records()
     ]
     assert RunRecord(plan.records()[0].path).metrics()
+    # a second seed: each new run is estimated by its seed-0 sibling's measured wall time
+    more = [*TINY, "seeds=[0,1]", f"results_root={tmp_path}", "launcher.workers=2"]
+    assert main(["study", "quickstart", *more]) == 0
+    n = len(plan.runs)
+    assert f"order: longest first, by the measured wall time of earlier runs ({n}/{n} runs" in (
+        capsys.readouterr().out
+    )
+    assert all(r.done for r in expand("quickstart", more).records())
 
 
 def test_seed_copies_equal_a_fresh_composition(tmp_path):

@@ -1,5 +1,5 @@
 """The ``local`` launcher: every pending run of a study, one after another, in this process (or on
-``launcher.workers`` worker processes).
+``launcher.workers`` worker processes, longest run first: :mod:`dropens.launchers.order`).
 
 A run that fails soundly (:class:`~dropens.failures.RunFailed`: a non-finite loss, another process
 training it) is reported in one line and the others still train; bad input stops the study. A
@@ -20,9 +20,17 @@ from dropens.data import build_datamodule
 from dropens.data.base import resolve_root
 from dropens.errors import ConfigError
 from dropens.failures import RunFailed, Stopped
+from dropens.launchers.order import longest_first
 from dropens.paths import check_dir
 from dropens.results import RunRecord
-from dropens.study import Plan, log_invocation, run_one, summary_line
+from dropens.study import (
+    Plan,
+    committed_records,
+    log_invocation,
+    results_dir,
+    run_one,
+    summary_line,
+)
 
 
 def check_results_root(plan: Plan) -> None:
@@ -64,6 +72,8 @@ def launch_local(plan: Plan) -> int:
     n_pending = len(pending)
     try:
         if workers > 1 and len(pending) > 1:
+            pending, how = longest_first(pending, results_dir(plan), committed_records(plan))
+            print(how, flush=True)
             failed = _launch_pool(pending, workers)
             pending = []
         for i, config in enumerate(pending, 1):

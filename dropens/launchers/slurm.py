@@ -25,8 +25,9 @@ from submitit.helpers import Checkpointable
 
 from dropens.errors import ConfigError
 from dropens.failures import Stopped
+from dropens.launchers.order import longest_first
 from dropens.paths import check_dir
-from dropens.study import Plan, log_invocation, results_dir, run_one
+from dropens.study import Plan, committed_records, log_invocation, results_dir, run_one
 
 
 class RunTask(Checkpointable):
@@ -89,6 +90,8 @@ def launch_slurm(plan: Plan) -> int:
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     executor.update_parameters(**executor_parameters(plan.launcher, plan.name))
     start = time.time()
+    pending, how = longest_first(pending, results_dir(plan), committed_records(plan))
+    print(how, flush=True)  # an array throttled to fewer tasks than runs starts the longest first
     jobs = executor.map_array(RunTask(), pending)
     array = jobs[0].job_id.split("_")[0]
     print(f"submitted array {array} ({len(jobs)} tasks); logs in {folder}")
