@@ -1,4 +1,4 @@
-"""2x2 max-pooling: ``nn.MaxPool2d(2)`` vs :func:`dropens.models.pooling.max_pool2x2` (same values,
+"""2x2 max-pooling: ``nn.MaxPool2d(2)`` vs :func:`dropens.pooling.max_pool2x2` (same values,
 checked before timing), at the Fashion-MNIST CNN's first pooled map.
 
 Rows: the inference forward (``torch.no_grad``) on ``(B, 16, 28, 28)`` ReLU outputs: ``B = 128`` (a
@@ -17,7 +17,7 @@ from _common import bench_args, header, interleaved, table
 
 from dropens.inference import predict
 from dropens.models import build_model
-from dropens.models.pooling import MaxPool2x2, max_pool2x2
+from dropens.pooling import MaxPool2x2, max_pool2x2
 
 
 def family_cnn() -> torch.nn.Module:

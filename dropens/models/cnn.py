@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from dropens.models.base import Backbone, positive_int, register_model, shape_error
-from dropens.models.pooling import MaxPool2x2
+from dropens.pooling import MaxPool2x2
 
 
 def conv_out(length: int, kernel: int, stride: int, padding: int) -> int:
